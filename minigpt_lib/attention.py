@@ -1,0 +1,87 @@
+"""Causal self-attention: one head step by step, several heads, and the fused library version."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Head(nn.Module):
+    """One head of causal self-attention, written out step by step."""
+
+    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.key = nn.Linear(n_embd, head_size, bias=False)
+        self.query = nn.Linear(n_embd, head_size, bias=False)
+        self.value = nn.Linear(n_embd, head_size, bias=False)
+        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size, dtype=torch.bool)))
+        self.dropout = nn.Dropout(dropout)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend from each position to itself and the past: (B, T, C) -> (B, T, head_size)."""
+        _, T, _ = x.shape
+        if T > self.tril.size(0):
+            raise ValueError(f"sequence length {T} exceeds block_size {self.tril.size(0)}")
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        scores = q @ k.transpose(-2, -1) * k.size(-1) ** -0.5
+        scores = scores.masked_fill(~self.tril[:T, :T], float("-inf"))
+        weights = F.softmax(scores, dim=-1)
+        self.last_weights = weights.detach()
+        return self.dropout(weights) @ v
+
+
+class MultiHeadAttention(nn.Module):
+    """Several heads side by side, concatenated, then mixed by an output projection."""
+
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+        head_size = n_embd // n_head
+        self.heads = nn.ModuleList(Head(n_embd, head_size, block_size, dropout) for _ in range(n_head))
+        self.proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        return self.dropout(self.proj(torch.cat([h(x) for h in self.heads], dim=-1)))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one fused qkv projection and PyTorch's fused kernel."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+        self.n_head = n_head
+        self.n_embd = n_embd
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_size)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+@torch.no_grad()
+def fuse_heads(mha: MultiHeadAttention) -> CausalSelfAttention:
+    """A CausalSelfAttention computing exactly what `mha` computes, built from its weights."""
+    first = mha.heads[0]
+    n_embd = first.key.in_features
+    fused = CausalSelfAttention(n_embd, len(mha.heads), dropout=mha.dropout.p)
+    fused.c_attn.weight.copy_(
+        torch.cat([torch.cat([getattr(h, name).weight for h in mha.heads]) for name in ("query", "key", "value")])
+    )
+    fused.c_proj.weight.copy_(mha.proj.weight)
+    return fused.to(first.key.weight.device)

@@ -1,0 +1,127 @@
+"""Command line: `python -m minigpt_lib train ...` and `python -m minigpt_lib sample ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, resume_trainer, save_trainer
+from .data import CorpusNotFoundError, load_text, train_val_split
+from .presets import PRESETS, get_preset
+from .tokenizers import CharTokenizer, UnknownCharacterError
+from .train import Trainer, TrainingDivergedError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m minigpt_lib", description="Train and sample MiniGPT models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a GPT on Tiny Shakespeare or your own text")
+    train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="recipe to use (default: cpu)")
+    train.add_argument("--data", type=Path, help="UTF-8 text file to train on (default: Tiny Shakespeare)")
+    train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<preset>)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
+    train.add_argument("--max-steps", type=int, help="override the preset's number of steps")
+    train.add_argument("--seed", type=int, help="override the preset's seed")
+    train.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
+    train.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="use torch.compile")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sample = sub.add_parser("sample", help="generate text from a trained checkpoint")
+    sample.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder written by `train`")
+    sample.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    sample.add_argument("--max-new-tokens", type=int, default=500)
+    sample.add_argument("--temperature", type=float, default=1.0, help="0 picks the most likely token (greedy)")
+    sample.add_argument("--top-k", type=int, help="sample only among the k most likely tokens")
+    sample.add_argument("--seed", type=int, default=1337)
+    sample.add_argument("--device", default="auto")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    preset = get_preset(args.preset)
+    out = args.out or Path("runs") / args.preset
+    if args.threads or preset.threads:
+        torch.set_num_threads(args.threads or preset.threads)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    text = load_text(args.data)
+    overrides = dict(max_steps=args.max_steps, seed=args.seed, time_budget=args.time_budget, compile=args.compile)
+    device = None if args.device == "auto" else args.device
+    if args.resume:
+        if not (out / "checkpoint.json").is_file():
+            print(
+                f"error: --resume given but {out} holds no checkpoint; drop --resume to start afresh", file=sys.stderr
+            )
+            return 2
+        probe, tokenizer, _ = load_checkpoint(out)
+        del probe
+        ids = tokenizer.encode_tensor(text)
+        train_ids, val_ids = train_val_split(ids)
+        trainer = resume_trainer(
+            out, train_ids, val_ids, device=device, **{k: v for k, v in overrides.items() if v is not None}
+        )
+        print(f"resuming {out} at step {trainer.step}")
+    else:
+        tokenizer = CharTokenizer.from_text(text)
+        train_ids, val_ids = train_val_split(tokenizer.encode_tensor(text))
+        torch.manual_seed(preset.train_config(**overrides).seed)
+        from .model import GPT
+
+        model = GPT(preset.model_config(tokenizer.vocab_size))
+        trainer = Trainer(
+            model, train_ids, val_ids, preset.train_config(**overrides), device=device, tokenizer=tokenizer
+        )
+    n_params = trainer.model.num_params()
+    print(
+        f"preset {args.preset}: {n_params / 1e6:.2f}M parameters on {trainer.device}, "
+        f"{len(train_ids):,} training tokens, vocabulary {tokenizer.vocab_size}"
+    )
+    start = time.perf_counter()
+    try:
+        trainer.train(progress_bar=not args.quiet, on_eval=lambda t: save_trainer(t, out))
+    except KeyboardInterrupt:
+        save_trainer(trainer, out)
+        print(f"\ninterrupted at step {trainer.step}; saved to {out}; continue with --resume", file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - start
+    save_trainer(trainer, out)
+    val_loss = trainer.evaluate()
+    tokens = trainer.step * trainer.config.batch_size * trainer.block_size
+    print(f"trained {trainer.step} steps in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tokens/s); saved to {out}")
+    print(f"val_loss={val_loss:.4f}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    device = torch.device("cpu") if args.device == "auto" and not torch.cuda.is_available() else None
+    model, tokenizer, _ = load_checkpoint(
+        args.ckpt, device=device or ("cuda" if args.device == "auto" else args.device)
+    )
+    if tokenizer is None:
+        print(f"error: {args.ckpt} has no tokenizer, so text cannot be encoded", file=sys.stderr)
+        return 2
+    prompt = args.prompt or "\n"
+    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=next(model.parameters()).device)
+    generator = torch.Generator(device=idx.device).manual_seed(args.seed)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=generator)
+    print(tokenizer.decode(out[0].tolist()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _sample(args)
+    except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

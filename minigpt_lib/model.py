@@ -1,0 +1,184 @@
+"""The GPT: a stack of pre-norm transformer blocks over token and position embeddings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import CausalSelfAttention
+from .sampling import generate
+
+
+@dataclass
+class GPTConfig:
+    """Shape of a GPT."""
+
+    vocab_size: int = 65
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
+                "(each head gets n_embd // n_head dimensions)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy of the config."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
+        """Config from `to_dict` output; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: expand 4x, GELU, project back."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Transformer block, pre-norm: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config.n_embd, config.dropout, config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model (GPT-2 shape, learned positions, tied weights)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def block_size(self) -> int:
+        """Longest context the model can attend over."""
+        return self.config.block_size
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights counted once); optionally without position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) for each next token, and the mean cross-entropy if targets are given."""
+        _, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {T} is longer than block_size={self.config.block_size}; "
+                "crop the context to the last block_size tokens"
+            )
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Extend `idx` (B, T) by `max_new_tokens` sampled tokens (temperature 0 means greedy)."""
+        return generate(self, idx, max_new_tokens, self.config.block_size, temperature, top_k, generator)
+
+
+def param_count_formula(config: GPTConfig) -> int:
+    """Parameters of a GPT from its config alone (tied output head, bias-free unless config.bias)."""
+    V, T, L, C = config.vocab_size, config.block_size, config.n_layer, config.n_embd
+    ln = C * (2 if config.bias else 1)  # LayerNorm: weight (+ bias)
+    attn = C * 3 * C + C * C + (4 * C if config.bias else 0)
+    mlp = C * 4 * C + 4 * C * C + (5 * C if config.bias else 0)
+    return V * C + T * C + L * (2 * ln + attn + mlp) + ln
+
+
+def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
+    """Fixed sine/cosine position encodings of "Attention Is All You Need" (block_size, n_embd)."""
+    position = torch.arange(block_size, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd))
+    pe = torch.zeros(block_size, n_embd)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div[: n_embd // 2])
+    return pe
+
+
+def flops_per_token(config: GPTConfig) -> int:
+    """Approximate training FLOPs per token: 6 * parameters + 12 * layers * context * width."""
+    n = param_count_formula(config) - config.block_size * config.n_embd
+    return 6 * n + 12 * config.n_layer * config.block_size * config.n_embd

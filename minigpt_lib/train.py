@@ -1,0 +1,263 @@
+"""Training: AdamW, warmup + cosine schedule, gradient clipping, loss estimates, time budgets."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .data import BatchSampler, get_batch, sequential_windows
+from .device import pick_device
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train: steps, batch, optimiser, schedule and evaluation."""
+
+    max_steps: int = 2000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float | None = 1.0
+    eval_interval: int = 250
+    eval_batches: int = 20
+    seed: int = 1337
+    time_budget: float | None = None
+    autocast_dtype: str | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1:
+            raise ValueError("max_steps and batch_size must be at least 1")
+        if self.learning_rate <= 0 or self.min_lr < 0 or self.min_lr > self.learning_rate:
+            raise ValueError(
+                f"need 0 <= min_lr <= learning_rate and learning_rate > 0, got "
+                f"learning_rate={self.learning_rate}, min_lr={self.min_lr}"
+            )
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
+        if self.autocast_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {self.autocast_dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy of the config."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Config from `to_dict` output."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def lr_at(config: TrainConfig, step: int, progress: float | None = None) -> float:
+    """Learning rate: linear warmup over `warmup_steps`, then cosine decay to `min_lr`.
+
+    `progress` (0 to 1) is how far through training we are; by default step / max_steps.
+    """
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    if progress is None:
+        span = max(1, config.max_steps - config.warmup_steps)
+        progress = (step - config.warmup_steps) / span
+    progress = min(max(progress, 0.0), 1.0)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.min_lr + cosine * (config.learning_rate - config.min_lr)
+
+
+def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms or 1-D parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), **extra)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 64, device: torch.device | None = None
+) -> float:
+    """Mean loss over all of `ids`, cut into fixed non-overlapping windows of `block_size`."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x_all, y_all = sequential_windows(ids, block_size)
+    total, count = 0.0, 0
+    for i in range(0, len(x_all), batch_size):
+        x, y = x_all[i : i + batch_size].to(device), y_all[i : i + batch_size].to(device)
+        _, loss = model(x, y)
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+class Trainer:
+    """Trains a language model (any module returning (logits, loss)) on a stream of token ids."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_ids: torch.Tensor,
+        val_ids: torch.Tensor,
+        config: TrainConfig,
+        block_size: int | None = None,
+        device: str | torch.device | None = None,
+        tokenizer: Any = None,
+    ):
+        self.config = config
+        self.device = pick_device(None if device is None else str(device))
+        self.model = model.to(self.device)
+        self.block_size = block_size or getattr(model, "block_size", None)
+        if self.block_size is None:
+            raise ValueError("pass block_size: the model does not say how long its context is")
+        self.train_ids, self.val_ids = train_ids, val_ids
+        self.tokenizer = tokenizer
+        self.optimizer = configure_optimizer(self.model, config, self.device)
+        self.sampler = BatchSampler(train_ids, self.block_size, config.batch_size, seed=config.seed)
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": []}
+        self.evals: list[dict[str, float]] = []
+        self._forward = torch.compile(self.model) if config.compile else self.model
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.config.autocast_dtype))
+
+    def progress(self) -> float:
+        """How far through training we are (0 to 1), by steps or by the time budget."""
+        done = self.step / self.config.max_steps
+        if self.config.time_budget:
+            done = max(done, self.elapsed / self.config.time_budget)
+        return done
+
+    def _schedule_progress(self) -> float | None:
+        if not self.config.time_budget:
+            return None
+        span = max(1, self.config.max_steps - self.config.warmup_steps)
+        by_steps = (self.step - self.config.warmup_steps) / span
+        return max(by_steps, self.elapsed / self.config.time_budget)
+
+    @torch.no_grad()
+    def estimate_loss(self) -> dict[str, float]:
+        """Mean loss on the same `eval_batches` random batches of each split every time."""
+        self.model.eval()
+        out = {}
+        for split, ids in (("train", self.train_ids), ("val", self.val_ids)):
+            generator = torch.Generator().manual_seed(self.config.seed + 1)
+            losses = []
+            for _ in range(self.config.eval_batches):
+                x, y = get_batch(ids, self.block_size, self.config.batch_size, generator)
+                with self._autocast():
+                    _, loss = self.model(x.to(self.device), y.to(self.device))
+                losses.append(loss.item())
+            out[split] = sum(losses) / len(losses)
+        self.model.train()
+        return out
+
+    def _record_eval(self) -> dict[str, float]:
+        losses = self.estimate_loss()
+        record = {"step": self.step, "train": losses["train"], "val": losses["val"], "time": self.elapsed}
+        self.evals.append(record)
+        return record
+
+    def train_step(self) -> float:
+        """One optimisation step on the next batch; returns its loss."""
+        lr = lr_at(self.config, self.step, self._schedule_progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self.sampler.next()
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self._autocast():
+            _, loss = self._forward(x, y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDivergedError(
+                f"the loss became {loss_value} at step {self.step} (learning rate {lr:.2e}). "
+                "Lower the learning rate, keep gradient clipping on, or check the data."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.history["step"].append(self.step)
+        self.history["loss"].append(loss_value)
+        self.history["lr"].append(lr)
+        self.step += 1
+        return loss_value
+
+    def finished(self) -> bool:
+        """Whether max_steps or the time budget has been reached."""
+        return self.progress() >= 1.0
+
+    def train(
+        self,
+        steps: int | None = None,
+        progress_bar: bool = True,
+        on_eval: Callable[[Trainer], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train for `steps` more steps (default: until finished); returns the evaluation records.
+
+        `on_eval(trainer)` is called after each periodic evaluation (to save a checkpoint, say).
+        """
+        target = self.config.max_steps if steps is None else min(self.config.max_steps, self.step + steps)
+        self.model.train()
+        bar = tqdm(total=target, initial=self.step, disable=not progress_bar, desc="training", unit="step")
+        try:
+            while self.step < target and not self.finished():
+                start = time.perf_counter()
+                if self.step % self.config.eval_interval == 0:
+                    record = self._record_eval()
+                    bar.set_postfix(train=f"{record['train']:.3f}", val=f"{record['val']:.3f}")
+                    if on_eval is not None and self.step > 0:
+                        on_eval(self)
+                self.train_step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                self.elapsed += time.perf_counter() - start
+                bar.update(1)
+            if not self.evals or self.evals[-1]["step"] != self.step:
+                record = self._record_eval()
+                bar.set_postfix(train=f"{record['train']:.3f}", val=f"{record['val']:.3f}")
+        finally:
+            bar.close()
+        return self.evals
+
+    def evaluate(self, ids: torch.Tensor | None = None) -> float:
+        """Loss on the whole validation split (or `ids`) in non-overlapping windows."""
+        with self._autocast():
+            return evaluate(self.model, self.val_ids if ids is None else ids, self.block_size, device=self.device)
+
+    def state(self) -> dict[str, Any]:
+        """The training state that is not a tensor, for checkpoints."""
+        return {"step": self.step, "elapsed": self.elapsed, "history": self.history, "evals": self.evals}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `state` returned."""
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.evals = [dict(e) for e in state["evals"]]
