@@ -22,8 +22,9 @@ def plot_losses(
         steps = [e["step"] for e in evals]
         ax.plot(steps, [e["train"] for e in evals], "--", color=color, alpha=0.7, label=f"{name} train")
         ax.plot(steps, [e["val"] for e in evals], "-", color=color, label=f"{name} val")
-    for name, value in (baseline or {}).items():
-        ax.axhline(value, color="gray", linestyle=":", label=f"{name} ({value:.2f})")
+    styles = [":", "-.", (0, (5, 2, 1, 2)), (0, (1, 3))]
+    for j, (name, value) in enumerate((baseline or {}).items()):
+        ax.axhline(value, color=f"C{7 - j % 4}", linestyle=styles[j % 4], lw=1.2, label=f"{name} ({value:.2f})")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(title)

@@ -65,4 +65,6 @@ class RunClock:
     def summary(self) -> str:
         """For example: 'full run: 12.3 min on AMD EPYC, 2 CPU cores (PyTorch 2.13.0)'."""
         mode = "fast" if is_fast() else "full"
-        return f"{mode} run: {self.minutes():.1f} min on {hardware_description()} (PyTorch {torch.__version__})"
+        minutes = self.minutes()
+        took = f"{minutes:.1f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
+        return f"{mode} run: {took} on {hardware_description()} (PyTorch {torch.__version__})"

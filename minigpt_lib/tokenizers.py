@@ -60,11 +60,10 @@ class CharTokenizer:
         """Text of a sequence of token ids."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        try:
-            return "".join(self.chars[i] for i in ids)
-        except (IndexError, TypeError):
-            bad = next(i for i in ids if not isinstance(i, int) or not 0 <= i < self.vocab_size)
-            raise ValueError(f"token id {bad!r} is outside the vocabulary 0..{self.vocab_size - 1}") from None
+        for i in ids:
+            if not isinstance(i, int) or not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i!r} is outside the vocabulary 0..{self.vocab_size - 1}")
+        return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description of the tokenizer."""

@@ -36,6 +36,8 @@ def test_decode_of_an_out_of_range_id_is_a_clear_error():
     tok = CharTokenizer.from_text("abc")
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.decode([0, 7])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([-1, 0])
 
 
 def test_save_and_load_give_the_same_tokenizer(tmp_path):
