@@ -12,6 +12,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, resume_trainer, save_trainer
 from .data import CorpusNotFoundError, load_text, train_val_split
 from .presets import PRESETS, get_preset
+from .sampling import START_TEXT, check_sampling, stream_text
 from .tokenizers import CharTokenizer, UnknownCharacterError
 from .train import Trainer, TrainingDivergedError
 
@@ -35,11 +36,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="generate text from a trained checkpoint")
     sample.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder written by `train`")
-    sample.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    sample.add_argument(
+        "--prompt", default=START_TEXT, help="text to continue (default, and for an empty prompt: a newline)"
+    )
     sample.add_argument("--max-new-tokens", type=int, default=500)
     sample.add_argument("--temperature", type=float, default=1.0, help="0 picks the most likely token (greedy)")
     sample.add_argument("--top-k", type=int, help="sample only among the k most likely tokens")
+    sample.add_argument("--top-p", type=float, help="sample only among the most likely tokens that make up p")
     sample.add_argument("--seed", type=int, default=1337)
+    sample.add_argument("--stream", action="store_true", help="print each token as soon as it is generated")
+    sample.add_argument(
+        "--no-cache", dest="use_cache", action="store_false", help="plain loop without the KV cache (same text, slower)"
+    )
     sample.add_argument("--device", default="auto")
     return parser
 
@@ -107,11 +115,27 @@ def _sample(args: argparse.Namespace) -> int:
     if tokenizer is None:
         print(f"error: {args.ckpt} has no tokenizer, so text cannot be encoded", file=sys.stderr)
         return 2
-    prompt = args.prompt or "\n"
-    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=next(model.parameters()).device)
-    generator = torch.Generator(device=idx.device).manual_seed(args.seed)
-    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=generator)
-    print(tokenizer.decode(out[0].tolist()))
+    prompt = args.prompt or START_TEXT
+    tokenizer.encode(prompt)  # bad input is an error before anything is printed
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    pieces = stream_text(
+        model,
+        tokenizer,
+        prompt,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        use_cache=args.use_cache,
+    )
+    if args.stream:
+        print(prompt, end="", flush=True)
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print()
+    else:
+        print(prompt + "".join(pieces))
     return 0
 
 

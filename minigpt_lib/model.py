@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -10,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import CausalSelfAttention
-from .sampling import generate
+from .attention import CausalSelfAttention, KVCache
+from .sampling import generate, stream
 
 
 @dataclass
@@ -77,10 +78,22 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config.n_embd, config.dropout, config.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C)."""
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); `kv_cache` and `layer` as in CausalSelfAttention."""
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
         return x + self.mlp(self.ln_2(x))
+
+
+def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2L)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
 
 
 class GPT(nn.Module):
@@ -100,20 +113,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
-        self.apply(self._init_weights)
-        # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_gpt2_weights(self, config.n_layer)
 
     @property
     def block_size(self) -> int:
@@ -128,24 +128,32 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) for each next token, and the mean cross-entropy if targets are given."""
+        """Logits (B, T, vocab) for each next token, and the mean cross-entropy if targets are given.
+
+        With a `kv_cache`, `idx` holds only the tokens after the cached ones, and the cache is extended.
+        """
         _, T = idx.shape
-        if T > self.config.block_size:
+        past = 0 if kv_cache is None else len(kv_cache)
+        if past + T > self.config.block_size:
             raise ValueError(
-                f"sequence of length {T} is longer than block_size={self.config.block_size}; "
+                f"sequence of length {past + T} is longer than block_size={self.config.block_size}; "
                 "crop the context to the last block_size tokens"
             )
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(past, past + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, layer)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def new_kv_cache(self) -> KVCache:
+        """An empty KV cache for this model's layers."""
+        return KVCache(self.config.n_layer)
 
     def generate(
         self,
@@ -154,9 +162,23 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        seed: int | None = None,
     ) -> torch.Tensor:
-        """Extend `idx` (B, T) by `max_new_tokens` sampled tokens (temperature 0 means greedy)."""
-        return generate(self, idx, max_new_tokens, self.config.block_size, temperature, top_k, generator)
+        """Extend `idx` (B, T) by `max_new_tokens` tokens (temperature 0 means greedy).
+
+        Options as in `minigpt_lib.sampling`; a prompt longer than block_size is cropped from the left.
+        `use_cache=False` runs the plain loop, which gives the same tokens, more slowly.
+        """
+        return generate(
+            self, idx, max_new_tokens, self.config.block_size, temperature, top_k, generator, top_p, use_cache, seed
+        )
+
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> Iterator[torch.Tensor]:
+        """Yield the next token of each row of `idx`, as (B, 1), as it is generated; options as `generate`."""
+        options.setdefault("use_cache", True)
+        return stream(self, idx, max_new_tokens, self.config.block_size, **options)
 
 
 def param_count_formula(config: GPTConfig) -> int:
