@@ -62,6 +62,7 @@ def plot_heatmap(
     title: str = "",
     cmap: str = "Blues",
     log: bool = False,
+    aspect: str = "equal",
 ) -> plt.Axes:
     """A labelled heatmap of a 2-D tensor (character labels shown with visible whitespace)."""
     data = matrix.detach().float().cpu()
@@ -70,7 +71,7 @@ def plot_heatmap(
     if ax is None:
         size = min(12, 2 + 0.15 * data.shape[1])
         _, ax = plt.subplots(figsize=(size, size * data.shape[0] / data.shape[1]))
-    image = ax.imshow(data, cmap=cmap)
+    image = ax.imshow(data, cmap=cmap, aspect=aspect)
     if labels is not None:
         ax.set_yticks(range(len(labels)), [_show(c) for c in labels], fontsize=7)
     cols = col_labels if col_labels is not None else labels

@@ -46,7 +46,7 @@ def hardware_description() -> str:
             cpu = names[0]
     except OSError:
         pass
-    text = f"{cpu}, {os.cpu_count()} CPU cores"
+    text = f"{cpu}, {os.cpu_count()} CPU cores ({torch.get_num_threads()} PyTorch threads)"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text

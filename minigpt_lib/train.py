@@ -224,6 +224,7 @@ class Trainer:
         steps: int | None = None,
         progress_bar: bool = True,
         on_eval: Callable[[Trainer], None] | None = None,
+        desc: str = "training",
     ) -> list[dict[str, float]]:
         """Train for `steps` more steps (default: until finished); returns the evaluation records.
 
@@ -231,7 +232,7 @@ class Trainer:
         """
         target = self.config.max_steps if steps is None else min(self.config.max_steps, self.step + steps)
         self.model.train()
-        bar = tqdm(total=target, initial=self.step, disable=not progress_bar, desc="training", unit="step")
+        bar = tqdm(total=target, initial=self.step, disable=not progress_bar, desc=desc, unit="step")
         try:
             while self.step < target and not self.finished():
                 start = time.perf_counter()

@@ -1,3 +1,8 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,3 +38,31 @@ def tiny_config(tokenizer) -> GPTConfig:
 def tiny_model(tiny_config) -> GPT:
     torch.manual_seed(0)
     return GPT(tiny_config)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def book_html(tmp_path_factory) -> Path:
+    """The book built once per test run from a copy of the repository; returns its HTML folder."""
+    if shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) is None:
+        pytest.fail("jupyter-book is not installed; run `make test` (it installs the test extras)")
+    out = tmp_path_factory.mktemp("book")
+    source = out / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", "_build", ".git", "runs", ".*cache*"))
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "jupyter-book"),
+            "build",
+            str(source),
+            "--warningiserror",
+            "--keep-going",
+            "--path-output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out / "_build" / "html"
