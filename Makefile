@@ -1,11 +1,18 @@
 # MiniGPT Book tasks. `make book` builds the book; `make test` runs the whole test suite.
-# Both create (or reuse) .venv, installing the CPU build of torch before anything else.
+# Both create (or reuse) .venv, installing the CPU build of torch before anything else, and fetch
+# the book's JavaScript (MathJax, ipywidgets) from npm once, so that the built book needs no CDN.
+# `make test` also installs what the browser check needs: Debian's chromium and Playwright's Python
+# package, which drives that system browser (it downloads no browser of its own).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
+BROWSER_STAMP := $(VENV)/.browser
+CHROMIUM := /usr/bin/chromium
+PLAYWRIGHT := playwright>=1.49,<2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Offline data: use ../shared/data when it holds Tiny Shakespeare and nothing else was set.
 SHARED_DATA := $(abspath ../shared/data)
@@ -15,9 +22,9 @@ export MINIGPT_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: book test lint setup clean
+.PHONY: book test lint setup setup-browser vendor clean
 
-setup: $(STAMP)
+setup: $(STAMP) vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,14 +33,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH) -e ".[test]"
 	touch $(STAMP)
 
-book: $(STAMP)
+# MathJax, require.js and the ipywidgets manager, pinned and hash-checked (quick when already there).
+vendor: $(STAMP)
+	$(BIN)/python book/_ext/vendor.py
+
+setup-browser: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(STAMP)
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	$(BIN)/python -m pip install --quiet "$(PLAYWRIGHT)"
+	touch $(BROWSER_STAMP)
+
+book: $(STAMP) vendor
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "The book is built: open $(CURDIR)/_build/html/index.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint
+test: $(STAMP) lint vendor $(BROWSER_STAMP)
 	MINIGPT_FAST=1 $(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=600 tests notebooks
 
 clean:
