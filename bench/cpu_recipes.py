@@ -35,16 +35,29 @@ CANDIDATES: dict[str, Preset] = {
         "", CLASSIC, dict(BASE_TRAIN, batch_size=12, learning_rate=1e-3, min_lr=1e-4)
     ),
     "classic shape, lr 3e-3, batch 32": Preset("", CLASSIC, dict(BASE_TRAIN, learning_rate=3e-3, min_lr=3e-4)),
+    "classic shape, lr 3e-3, batch 12": Preset(
+        "", CLASSIC, dict(BASE_TRAIN, batch_size=12, learning_rate=3e-3, min_lr=3e-4)
+    ),
     "classic shape, ctx 128, lr 3e-3, batch 16": Preset(
         "", dict(CLASSIC, block_size=128), dict(BASE_TRAIN, batch_size=16, learning_rate=3e-3, min_lr=3e-4)
     ),
+    "classic shape, ctx 128, lr 5e-3, batch 16": Preset(
+        "", dict(CLASSIC, block_size=128), dict(BASE_TRAIN, batch_size=16, learning_rate=5e-3, min_lr=5e-4)
+    ),
+    "classic shape, lr 6e-3, batch 12": Preset(
+        "", CLASSIC, dict(BASE_TRAIN, batch_size=12, learning_rate=6e-3, min_lr=6e-4)
+    ),
+    "classic shape, lr 1e-2, batch 12": Preset(
+        "", CLASSIC, dict(BASE_TRAIN, batch_size=12, learning_rate=1e-2, min_lr=1e-3)
+    ),
+    "classic shape, ctx 256, lr 5e-3, batch 4": Preset(
+        "", dict(CLASSIC, block_size=256), dict(BASE_TRAIN, batch_size=4, learning_rate=5e-3, min_lr=5e-4)
+    ),
+    "classic shape, ctx 512, lr 5e-3, batch 2": Preset(
+        "", dict(CLASSIC, block_size=512), dict(BASE_TRAIN, batch_size=2, learning_rate=5e-3, min_lr=5e-4)
+    ),
     "192 wide, ctx 128, lr 2e-3, batch 32": Preset("", WIDE, BASE_TRAIN),
-    "192 wide, ctx 128, lr 3e-3, batch 16": Preset(
-        "", WIDE, dict(BASE_TRAIN, batch_size=16, learning_rate=3e-3, min_lr=3e-4)
-    ),
-    "6 x 128, ctx 128, lr 3e-3, batch 16": Preset(
-        "", dict(CLASSIC, n_layer=6, block_size=128), dict(BASE_TRAIN, batch_size=16, learning_rate=3e-3, min_lr=3e-4)
-    ),
+    "192 wide, ctx 512, lr 2e-3, batch 8": Preset("", dict(WIDE, block_size=512), dict(BASE_TRAIN, batch_size=8)),
     "preset cpu": PRESETS["cpu"],
 }
 

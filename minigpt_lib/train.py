@@ -232,7 +232,9 @@ class Trainer:
         """
         target = self.config.max_steps if steps is None else min(self.config.max_steps, self.step + steps)
         self.model.train()
-        bar = tqdm(total=target, initial=self.step, disable=not progress_bar, desc=desc, unit="step")
+        # With a time budget and no real step limit, the bar counts steps without a total.
+        total = None if self.config.time_budget and target >= 10**6 else target
+        bar = tqdm(total=total, initial=self.step, disable=not progress_bar, desc=desc, unit="step")
         try:
             while self.step < target and not self.finished():
                 start = time.perf_counter()
