@@ -8,12 +8,13 @@ from .device import pick_device
 from .model import GPT, MLP, Block, GPTConfig
 from .presets import PRESETS, get_preset
 from .settings import RunClock, choose, is_fast, seed_everything
-from .tokenizers import CharTokenizer, UnknownCharacterError
+from .tokenizers import BPETokenizer, CharTokenizer, UnknownCharacterError, load_tokenizer
 from .train import TrainConfig, Trainer, TrainingDivergedError, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BPETokenizer",
     "BatchSampler",
     "BigramCounts",
     "BigramLM",
@@ -42,6 +43,7 @@ __all__ = [
     "load_checkpoint",
     "load_shakespeare",
     "load_text",
+    "load_tokenizer",
     "pick_device",
     "resume_trainer",
     "save_checkpoint",

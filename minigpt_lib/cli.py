@@ -1,4 +1,4 @@
-"""Command line: `python -m minigpt_lib train ...` and `python -m minigpt_lib sample ...`."""
+"""Command line: `python -m minigpt_lib train ...`, `... sample ...` and `... tokenizer train ...`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, resume_trainer, save_trainer
-from .data import CorpusNotFoundError, load_text, train_val_split
+from .data import CorpusNotFoundError, load_text
 from .presets import PRESETS, get_preset
 from .sampling import START_TEXT, check_sampling, stream_text
-from .tokenizers import CharTokenizer, UnknownCharacterError
+from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, UnknownCharacterError, load_tokenizer
 from .train import Trainer, TrainingDivergedError
 
 
@@ -24,6 +24,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a GPT on Tiny Shakespeare or your own text")
     train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="recipe to use (default: cpu)")
     train.add_argument("--data", type=Path, help="UTF-8 text file to train on (default: Tiny Shakespeare)")
+    train.add_argument(
+        "--tokenizer", type=Path, help="tokenizer file from `tokenizer train` (default: one token per character)"
+    )
     train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<preset>)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     train.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
@@ -49,7 +52,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "--no-cache", dest="use_cache", action="store_false", help="plain loop without the KV cache (same text, slower)"
     )
     sample.add_argument("--device", default="auto")
+
+    tokenizer = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tokenizer_sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    bpe = tokenizer_sub.add_parser("train", help="learn BPE merges from a text file and save the tokenizer")
+    bpe.add_argument("--data", type=Path, help="UTF-8 text file to learn from (default: Tiny Shakespeare)")
+    bpe.add_argument("--vocab-size", type=int, required=True, help="tokens in all: 256 bytes + merges + specials")
+    bpe.add_argument("--out", type=Path, required=True, help="JSON file to write the tokenizer to")
+    bpe.add_argument("--pattern", default="gpt4", help="pre-split regex: gpt4 (default), gpt2, or a regex of your own")
+    bpe.add_argument("--special", action="append", default=[], metavar="NAME", help="a special token (repeatable)")
+    bpe.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _encode_split(tokenizer: Tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split `text` 90/10 by characters, then encode each part (the same split for every tokenizer)."""
+    n = int(0.9 * len(text))
+    return tokenizer.encode_tensor(text[:n]), tokenizer.encode_tensor(text[n:])
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -60,7 +79,9 @@ def _train(args: argparse.Namespace) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     text = load_text(args.data)
-    overrides = dict(max_steps=args.max_steps, seed=args.seed, time_budget=args.time_budget, compile=args.compile)
+    # A time budget alone trains until the clock runs out (the preset's step count no longer applies).
+    max_steps = args.max_steps or (10**9 if args.time_budget else None)
+    overrides = dict(max_steps=max_steps, seed=args.seed, time_budget=args.time_budget, compile=args.compile)
     device = None if args.device == "auto" else args.device
     if args.resume:
         if not (out / "checkpoint.json").is_file():
@@ -70,15 +91,17 @@ def _train(args: argparse.Namespace) -> int:
             return 2
         probe, tokenizer, _ = load_checkpoint(out)
         del probe
-        ids = tokenizer.encode_tensor(text)
-        train_ids, val_ids = train_val_split(ids)
+        if args.tokenizer is not None and load_tokenizer(args.tokenizer) != tokenizer:
+            print(f"error: {args.tokenizer} is not the tokenizer the run in {out} was trained with", file=sys.stderr)
+            return 2
+        train_ids, val_ids = _encode_split(tokenizer, text)
         trainer = resume_trainer(
             out, train_ids, val_ids, device=device, **{k: v for k, v in overrides.items() if v is not None}
         )
         print(f"resuming {out} at step {trainer.step}")
     else:
-        tokenizer = CharTokenizer.from_text(text)
-        train_ids, val_ids = train_val_split(tokenizer.encode_tensor(text))
+        tokenizer = CharTokenizer.from_text(text) if args.tokenizer is None else load_tokenizer(args.tokenizer)
+        train_ids, val_ids = _encode_split(tokenizer, text)
         torch.manual_seed(preset.train_config(**overrides).seed)
         from .model import GPT
 
@@ -139,12 +162,28 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    text = load_text(args.data)
+    start = time.perf_counter()
+    tokenizer = BPETokenizer.train(text, args.vocab_size, args.pattern, args.special, progress_bar=not args.quiet)
+    seconds = time.perf_counter() - start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(args.out)
+    n_tokens = len(tokenizer.encode_ordinary(text))
+    print(f"learned {len(tokenizer.merges)} merges in {seconds:.1f} s; vocabulary of {tokenizer.vocab_size}")
+    print(f"saved to {args.out}")
+    print(f"{len(text):,} characters -> {n_tokens:,} tokens ({len(text) / max(n_tokens, 1):.2f} characters per token)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "tokenizer":
+            return _tokenizer_train(args)
         return _sample(args)
     except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

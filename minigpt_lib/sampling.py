@@ -189,14 +189,26 @@ def stream_text(
     """Yield the continuation of `prompt` piece by piece as it is generated (the prompt not repeated).
 
     An empty prompt starts from `START_TEXT`. `options` are those of `stream`; `block_size` and
-    `use_cache` default to the model's context length and its KV cache when it has them.
+    `use_cache` default to the model's context length and its KV cache when it has them. With a
+    byte-level tokenizer one character may span several tokens: a piece is held back until its
+    character is complete, so the pieces joined are exactly the decoded continuation.
     """
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer.encode(prompt or START_TEXT)], dtype=torch.long, device=device)
     options.setdefault("block_size", getattr(model, "block_size", None))
     options.setdefault("use_cache", hasattr(model, "new_kv_cache"))
+    new_ids: list[int] = []
+    shown = ""
     for next_id in stream(model, ids, max_new_tokens, **options):
-        yield tokenizer.decode(next_id[0].tolist())
+        new_ids.append(int(next_id[0, 0]))
+        text = tokenizer.decode(new_ids)
+        if text.endswith("\ufffd"):  # possibly a character cut between tokens: wait for its other bytes
+            continue
+        yield text[len(shown) :]
+        shown = text
+    text = tokenizer.decode(new_ids)
+    if len(text) > len(shown):
+        yield text[len(shown) :]
 
 
 def complete(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, **options: Any) -> str:

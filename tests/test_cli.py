@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from minigpt_lib import BPETokenizer
 from minigpt_lib.cli import main
 
 
@@ -72,3 +73,34 @@ def test_module_entry_point_shows_help():
     result = subprocess.run([sys.executable, "-m", "minigpt_lib", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "train" in result.stdout and "sample" in result.stdout
+
+
+def test_tokenizer_train_writes_a_bpe_tokenizer(tmp_path, corpus, capsys):
+    out = tmp_path / "bpe.json"
+    status = main(["tokenizer", "train", "--data", str(corpus), "--vocab-size", "300", "--out", str(out), "--quiet"])
+    assert status == 0
+    assert "characters per token" in capsys.readouterr().out
+    tokenizer = BPETokenizer.load(out)
+    assert tokenizer.vocab_size == 300
+
+
+def test_tokenizer_train_with_too_small_a_vocabulary_is_a_clear_error(tmp_path, corpus, capsys):
+    out = str(tmp_path / "bpe.json")
+    assert main(["tokenizer", "train", "--data", str(corpus), "--vocab-size", "100", "--out", out, "--quiet"]) == 2
+    assert "too small" in capsys.readouterr().err
+
+
+def test_train_and_sample_with_a_bpe_tokenizer(tmp_path, corpus, capsys):
+    tok, run = str(tmp_path / "bpe.json"), str(tmp_path / "run")
+    main(["tokenizer", "train", "--data", str(corpus), "--vocab-size", "300", "--out", tok, "--quiet"])
+    status = main(["train", "--preset", "tiny", "--data", str(corpus), "--tokenizer", tok, "--out", run, "--quiet"])
+    out = capsys.readouterr().out
+    assert status == 0 and "vocabulary 300" in out
+    assert main(["sample", "--ckpt", run, "--prompt", "First", "--max-new-tokens", "20", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("First")
+
+
+def test_train_with_a_missing_tokenizer_file_is_a_clear_error(tmp_path, corpus, capsys):
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--tokenizer", str(tmp_path / "none.json")]
+    assert main([*args, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "no tokenizer file" in capsys.readouterr().err

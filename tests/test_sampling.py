@@ -211,3 +211,17 @@ def test_cli_bad_sampling_settings_are_clear_errors(checkpoint, capsys, option, 
     assert main(["sample", "--ckpt", checkpoint, "--stream", *option]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+
+
+def test_stream_text_holds_back_a_character_cut_between_byte_level_tokens():
+    from minigpt_lib import GPT, GPTConfig
+    from minigpt_lib.tokenizers import BPETokenizer
+
+    tokenizer = BPETokenizer([])  # bytes only: every accented letter takes two tokens
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    options = dict(temperature=1.0, seed=3)
+    pieces = list(stream_text(model, tokenizer, "é", 40, **options))
+    ids = model.generate(torch.tensor([tokenizer.encode("é")]), 40, **options)[0, 2:].tolist()
+    assert "".join(pieces) == tokenizer.decode(ids)
+    assert not any(piece.endswith("\ufffd") for piece in pieces[:-1])
