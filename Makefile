@@ -53,7 +53,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: $(STAMP) lint vendor $(BROWSER_STAMP)
-	MINIGPT_FAST=1 $(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=600 tests notebooks
+	MINIGPT_FAST=1 $(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=600 --durations=12 tests notebooks
 
 clean:
 	rm -rf _build .pytest_cache
