@@ -56,6 +56,14 @@ CANDIDATES: dict[str, Preset] = {
     "classic shape, ctx 512, lr 5e-3, batch 2": Preset(
         "", dict(CLASSIC, block_size=512), dict(BASE_TRAIN, batch_size=2, learning_rate=5e-3, min_lr=5e-4)
     ),
+    "classic shape, lr 1e-2, batch 12, warmup 30": Preset(
+        "", CLASSIC, dict(BASE_TRAIN, batch_size=12, learning_rate=1e-2, min_lr=1e-3, warmup_steps=30)
+    ),
+    "classic shape, ctx 128, lr 1e-2, batch 16, warmup 30": Preset(
+        "",
+        dict(CLASSIC, block_size=128),
+        dict(BASE_TRAIN, batch_size=16, learning_rate=1e-2, min_lr=1e-3, warmup_steps=30),
+    ),
     "192 wide, ctx 128, lr 2e-3, batch 32": Preset("", WIDE, BASE_TRAIN),
     "192 wide, ctx 512, lr 2e-3, batch 8": Preset("", dict(WIDE, block_size=512), dict(BASE_TRAIN, batch_size=8)),
     "preset cpu": PRESETS["cpu"],
@@ -70,13 +78,13 @@ def main() -> None:
     args = parser.parse_args()
     text = load_text(args.data)
     print(f"budget {args.budget:.0f} s per candidate, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'candidate':44} {'params':>9} {'steps':>6} {'tokens/s':>9} {'val loss':>9}", flush=True)
+    print(f"{'candidate':54} {'params':>9} {'steps':>6} {'tokens/s':>9} {'val loss':>9}", flush=True)
     for name, preset in CANDIDATES.items():
         if args.only and not any(part in name for part in args.only):
             continue
         r = run_preset(preset, text, time_budget=args.budget)
         print(
-            f"{name:44} {r['params']:>9,} {r['steps']:>6} {r['tokens_per_s']:>9,.0f} {r['val_loss']:>9.4f}", flush=True
+            f"{name:54} {r['params']:>9,} {r['steps']:>6} {r['tokens_per_s']:>9,.0f} {r['val_loss']:>9.4f}", flush=True
         )
 
 

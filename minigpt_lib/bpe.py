@@ -15,6 +15,7 @@ The algorithms only; `minigpt_lib.tokenizers.BPETokenizer` wraps them into a tok
 from __future__ import annotations
 
 import heapq
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from itertools import pairwise
@@ -30,6 +31,30 @@ GPT4_SPLIT_PATTERN = (
 SPLIT_PATTERNS = {"gpt2": GPT2_SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}
 
 Pair = tuple[int, int]
+
+# On ASCII text the named patterns' character classes are small sets, and Python's own `re` (which
+# has possessive quantifiers since 3.11) splits such text about twice as fast as `regex`.
+_ASCII_SPACE = r"\t\n\x0b\x0c\r "  # what `regex` calls \s among ASCII characters (`re` adds \x1c-\x1f)
+_ASCII_CLASSES = [
+    (r"[^\r\n\p{L}\p{N}]", r"[^\r\nA-Za-z0-9]"),
+    (r"[^\s\p{L}\p{N}]", f"[^{_ASCII_SPACE}A-Za-z0-9]"),
+    (r"\p{L}", "[A-Za-z]"),
+    (r"\p{N}", "[0-9]"),
+    (r"\s", f"[{_ASCII_SPACE}]"),
+    (r"\S", f"[^{_ASCII_SPACE}]"),
+]
+
+
+def ascii_split_pattern(pattern: str) -> str | None:
+    """A pattern for Python's `re` that splits ASCII text exactly as the named `pattern` does, or None.
+
+    Only the built-in GPT-2 and GPT-4 patterns are translated; a regex of your own gets None.
+    """
+    if pattern not in SPLIT_PATTERNS.values() or sys.version_info < (3, 11):
+        return None
+    for unicode_class, ascii_class in _ASCII_CLASSES:
+        pattern = pattern.replace(unicode_class, ascii_class)
+    return pattern
 
 
 def split_pattern(pattern: str) -> str:

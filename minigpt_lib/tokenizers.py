@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Sequence
 from itertools import chain
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Literal
 import regex
 import torch
 
-from .bpe import encode_chunk, split_pattern, train_merges
+from .bpe import ascii_split_pattern, encode_chunk, split_pattern, train_merges
 
 
 class UnknownCharacterError(ValueError):
@@ -105,6 +106,8 @@ class BPETokenizer:
     def __init__(self, merges: Sequence[Sequence[int]], pattern: str = "gpt4", special_tokens: Sequence[str] = ()):
         self.pattern = split_pattern(pattern)
         self._split = regex.compile(self.pattern)
+        ascii_pattern = ascii_split_pattern(self.pattern)
+        self._split_ascii = None if ascii_pattern is None else re.compile(ascii_pattern)
         self.merges: list[tuple[int, int]] = []
         self._bytes = [bytes([i]) for i in range(256)]
         for i, merge in enumerate(merges):
@@ -184,8 +187,12 @@ class BPETokenizer:
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """The ids of `encode_ordinary_reference`, fast: each distinct chunk is encoded once and cached."""
-        chunks = self._split.findall(text)
+        """The ids of `encode_ordinary_reference`, fast: each distinct chunk is encoded once and cached.
+
+        ASCII text is pre-split with Python's `re` and an ASCII-only twin of the pattern (same chunks).
+        """
+        ascii_fast = self._split_ascii is not None and text.isascii()
+        chunks = (self._split_ascii if ascii_fast else self._split).findall(text)
         cache = self._cache
         new_chunks = set(chunks).difference(cache)
         if len(cache) + len(new_chunks) > self.CACHE_SIZE:

@@ -1,6 +1,7 @@
 """Byte-level BPE: training, encoding, special tokens, save/load, and exactness against tiktoken."""
 
 import json
+import re
 
 import pytest
 import regex
@@ -238,3 +239,29 @@ def test_a_4096_token_vocabulary_trains_on_the_corpus_and_matches_tiktoken(corpu
     tok = BPETokenizer.train(corpus, 4096)
     assert tok.vocab_size == 4096
     assert tok.encode(corpus[:50_000]) == reference_encoding(tok).encode_ordinary(corpus[:50_000])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt4"])
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_the_ascii_split_gives_the_same_chunks_as_the_unicode_pattern(name, s):
+    from minigpt_lib.bpe import SPLIT_PATTERNS, ascii_split_pattern
+
+    ascii_pattern = ascii_split_pattern(SPLIT_PATTERNS[name])
+    assert ascii_pattern is not None
+    assert re.findall(ascii_pattern, s) == regex.findall(SPLIT_PATTERNS[name], s)
+
+
+def test_the_ascii_split_covers_every_ascii_character_and_the_corpus(corpus):
+    from minigpt_lib.bpe import SPLIT_PATTERNS, ascii_split_pattern
+
+    every = "".join(chr(i) for i in range(128))
+    for pattern in SPLIT_PATTERNS.values():
+        for text in (every, every[::-1] * 3, "  \x1c\x1f x\n\n  'LL ", corpus):
+            assert re.findall(ascii_split_pattern(pattern), text) == regex.findall(pattern, text)
+
+
+def test_a_pattern_of_your_own_has_no_ascii_twin():
+    from minigpt_lib.bpe import ascii_split_pattern
+
+    assert ascii_split_pattern(r"\w+|\s+") is None
