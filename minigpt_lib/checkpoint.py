@@ -138,6 +138,25 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def finished_run(path: str | Path, config: GPTConfig, tokenizer: Any) -> dict[str, Any] | None:
+    """The manifest of `path` if it holds a finished training run of this model and tokenizer, else None.
+
+    Finished: its steps or its time budget are used up. A missing or damaged checkpoint gives None,
+    so a chapter can reuse an earlier chapter's model when it is there and train its own otherwise.
+    """
+    try:
+        manifest = read_manifest(path)
+    except CheckpointError:
+        return None
+    state = manifest.get("train_state")
+    if state is None or manifest.get("tokenizer") is None:
+        return None
+    trained = TrainConfig.from_dict(manifest["train_config"])
+    done = state["step"] >= trained.max_steps or (trained.time_budget or float("inf")) <= state["elapsed"]
+    same = manifest["model_config"] == config.to_dict() and tokenizer_from_dict(manifest["tokenizer"]) == tokenizer
+    return manifest if done and same else None
+
+
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[GPT, CharTokenizer | None, dict[str, Any]]:

@@ -144,3 +144,27 @@ def test_a_model_only_checkpoint_cannot_resume(tmp_path, tiny_model, ids):
     save_checkpoint(tmp_path / "ckpt", tiny_model)
     with pytest.raises(CheckpointError, match="cannot resume"):
         resume_trainer(tmp_path / "ckpt", ids, ids)
+
+
+def test_finished_run_finds_a_finished_run_of_the_same_model_and_tokenizer(tmp_path, tiny_config, tokenizer, ids):
+    from minigpt_lib.checkpoint import finished_run
+
+    torch.manual_seed(0)
+    trainer = Trainer(GPT(tiny_config), ids, ids, train_config(max_steps=6), tokenizer=tokenizer)
+    trainer.train(steps=3, progress_bar=False)
+    folder = save_trainer(trainer, tmp_path / "run")
+    assert finished_run(folder, tiny_config, tokenizer) is None  # half-way
+    trainer.train(progress_bar=False)
+    save_trainer(trainer, folder)
+    assert finished_run(folder, tiny_config, tokenizer)["train_state"]["step"] == 6
+    other = type(tiny_config).from_dict(dict(tiny_config.to_dict(), n_layer=1))
+    assert finished_run(folder, other, tokenizer) is None
+    assert finished_run(tmp_path / "nothing here", tiny_config, tokenizer) is None
+
+
+def test_a_run_whose_time_budget_is_used_up_is_finished(tmp_path, tiny_config, tokenizer, ids):
+    from minigpt_lib.checkpoint import finished_run
+
+    trainer = Trainer(GPT(tiny_config), ids, ids, train_config(max_steps=10**9, time_budget=0.2), tokenizer=tokenizer)
+    trainer.train(progress_bar=False)
+    assert finished_run(save_trainer(trainer, tmp_path / "run"), tiny_config, tokenizer) is not None
