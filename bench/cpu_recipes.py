@@ -1,7 +1,7 @@
 """The experiments behind the `cpu` preset: candidate recipes trained for the same wall time.
 
     python bench/cpu_recipes.py --budget 128          # every candidate for 128 s (about 2.5 min each)
-    python bench/cpu_recipes.py --budget 600 --only lr3e-3
+    python bench/cpu_recipes.py --budget 88 --only rope --only muon
 
 Each line trains one candidate with the time-driven schedule (warmup, then cosine decay over the
 budget) and prints its validation loss on the whole validation split.
@@ -29,6 +29,9 @@ BASE_TRAIN = dict(
 )
 WIDE = dict(n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0)
 CLASSIC = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0)
+ROPE = dict(CLASSIC, position="rope")
+MUON = dict(optimizer="muon", muon_lr=0.02)
+SHORT = dict(BASE_TRAIN, learning_rate=1e-2, min_lr=1e-3, warmup_steps=30, **MUON)  # for short runs
 
 CANDIDATES: dict[str, Preset] = {
     "classic shape, lr 1e-3, batch 12": Preset(
@@ -64,6 +67,22 @@ CANDIDATES: dict[str, Preset] = {
         dict(CLASSIC, block_size=128),
         dict(BASE_TRAIN, batch_size=16, learning_rate=1e-2, min_lr=1e-3, warmup_steps=30),
     ),
+    "classic shape, lr 1e-2, batch 12, warmup 30, rope": Preset(
+        "",
+        dict(CLASSIC, position="rope"),
+        dict(BASE_TRAIN, batch_size=12, learning_rate=1e-2, min_lr=1e-3, warmup_steps=30),
+    ),
+    "classic shape, lr 1e-2, batch 12, warmup 30, muon": Preset(
+        "", CLASSIC, dict(BASE_TRAIN, batch_size=12, learning_rate=1e-2, min_lr=1e-3, warmup_steps=30, **MUON)
+    ),
+    "classic shape, lr 1e-2, batch 12, warmup 30, rope + muon": Preset("", ROPE, dict(SHORT, batch_size=12)),
+    "rope + muon, ctx 128, batch 8": Preset("", dict(ROPE, block_size=128), dict(SHORT, batch_size=8)),
+    "rope + muon, ctx 128, batch 8, lr 5e-3": Preset(
+        "", dict(ROPE, block_size=128), dict(SHORT, batch_size=8, learning_rate=5e-3, min_lr=5e-4)
+    ),
+    "rope + muon, ctx 256, batch 4": Preset("", dict(ROPE, block_size=256), dict(SHORT, batch_size=4)),
+    "rope + muon, ctx 512, batch 2": Preset("", dict(ROPE, block_size=512), dict(SHORT, batch_size=2)),
+    "rope + muon, ctx 512, batch 4": Preset("", dict(ROPE, block_size=512), dict(SHORT, batch_size=4)),
     "192 wide, ctx 128, lr 2e-3, batch 32": Preset("", WIDE, BASE_TRAIN),
     "192 wide, ctx 512, lr 2e-3, batch 8": Preset("", dict(WIDE, block_size=512), dict(BASE_TRAIN, batch_size=8)),
     "preset cpu": PRESETS["cpu"],

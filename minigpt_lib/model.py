@@ -11,8 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import CausalSelfAttention, KVCache
+from .attention import CausalSelfAttention, KVCache, rotary_tables
 from .sampling import generate, stream
+
+POSITIONS = ("learned", "rope")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False
+    position: str = "learned"  # "learned": a table of position vectors (GPT-2); "rope": rotary embeddings
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -38,6 +41,11 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            head_size = self.n_embd // self.n_head
+            raise ValueError(f"rotary embeddings need an even head size, got n_embd // n_head = {head_size}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy of the config."""
@@ -74,13 +82,19 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
+        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias, config.block_size)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config.n_embd, config.dropout, config.bias)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C); `kv_cache` and `layer` as in CausalSelfAttention."""
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); `kv_cache`, `layer` and `rotary` as in CausalSelfAttention."""
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, rotary)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -97,33 +111,46 @@ def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
 
 
 class GPT(nn.Module):
-    """A decoder-only transformer language model (GPT-2 shape, learned positions, tied weights)."""
+    """A decoder-only transformer language model (GPT-2 shape, tied weights).
+
+    Positions are a learned table added to the token embeddings (GPT-2), or, with
+    `position="rope"`, rotations of each head's queries and keys (RoPE), which have no parameters.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        layers = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.position == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        layers.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         )
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         init_gpt2_weights(self, config.n_layer)
 
     @property
     def block_size(self) -> int:
-        """Longest context the model can attend over."""
+        """Longest context the model trains on, and how far back each attention layer looks."""
         return self.config.block_size
+
+    @property
+    def max_context(self) -> int | None:
+        """Longest sequence the model takes: block_size with learned positions, None (any) with RoPE.
+
+        A RoPE model attends within a sliding window of block_size positions in every layer, so it
+        runs over text of any length; a learned position table ends at block_size.
+        """
+        return self.config.block_size if self.config.position == "learned" else None
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied weights counted once); optionally without position embeddings."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -136,15 +163,21 @@ class GPT(nn.Module):
         """
         _, T = idx.shape
         past = 0 if kv_cache is None else len(kv_cache)
-        if past + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of length {past + T} is longer than block_size={self.config.block_size}; "
-                "crop the context to the last block_size tokens"
-            )
-        pos = torch.arange(past, past + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rotary = None
+        if self.config.position == "learned":
+            if past + T > self.config.block_size:
+                raise ValueError(
+                    f"sequence of length {past + T} is longer than block_size={self.config.block_size}; "
+                    "crop the context to the last block_size tokens"
+                )
+            x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device))
+        else:
+            head_size = self.config.n_embd // self.config.n_head
+            rotary = rotary_tables(T, head_size, start=past, device=idx.device)
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)
+            x = block(x, kv_cache, layer, rotary)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
@@ -152,8 +185,8 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_kv_cache(self) -> KVCache:
-        """An empty KV cache for this model's layers."""
-        return KVCache(self.config.n_layer)
+        """An empty KV cache for this model's layers, keeping what the attention window can see."""
+        return KVCache(self.config.n_layer, window=self.config.block_size)
 
     def generate(
         self,
@@ -168,17 +201,18 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Extend `idx` (B, T) by `max_new_tokens` tokens (temperature 0 means greedy).
 
-        Options as in `minigpt_lib.sampling`; a prompt longer than block_size is cropped from the left.
+        Options as in `minigpt_lib.sampling`. With learned positions, the context is cropped from the left
+        to its last block_size tokens; a RoPE model reads all of it through its sliding attention windows.
         `use_cache=False` runs the plain loop, which gives the same tokens, more slowly.
         """
         return generate(
-            self, idx, max_new_tokens, self.config.block_size, temperature, top_k, generator, top_p, use_cache, seed
+            self, idx, max_new_tokens, self.max_context, temperature, top_k, generator, top_p, use_cache, seed
         )
 
     def stream(self, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> Iterator[torch.Tensor]:
         """Yield the next token of each row of `idx`, as (B, 1), as it is generated; options as `generate`."""
         options.setdefault("use_cache", True)
-        return stream(self, idx, max_new_tokens, self.config.block_size, **options)
+        return stream(self, idx, max_new_tokens, self.max_context, **options)
 
 
 def param_count_formula(config: GPTConfig) -> int:
@@ -187,7 +221,8 @@ def param_count_formula(config: GPTConfig) -> int:
     ln = C * (2 if config.bias else 1)  # LayerNorm: weight (+ bias)
     attn = C * 3 * C + C * C + (4 * C if config.bias else 0)
     mlp = C * 4 * C + 4 * C * C + (5 * C if config.bias else 0)
-    return V * C + T * C + L * (2 * ln + attn + mlp) + ln
+    positions = T * C if config.position == "learned" else 0
+    return V * C + positions + L * (2 * ln + attn + mlp) + ln
 
 
 def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
@@ -202,5 +237,5 @@ def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
 
 def flops_per_token(config: GPTConfig) -> int:
     """Approximate training FLOPs per token: 6 * parameters + 12 * layers * context * width."""
-    n = param_count_formula(config) - config.block_size * config.n_embd
+    n = param_count_formula(config) - (config.block_size * config.n_embd if config.position == "learned" else 0)
     return 6 * n + 12 * config.n_layer * config.block_size * config.n_embd

@@ -47,16 +47,19 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         description=(
             "The course's CPU recipe, chosen by experiment on a 2-core machine (book/fast_training.md): "
-            "the classic shape with a 5x higher learning rate, context 128 and batch 16; about 10 minutes"
+            "the classic shape with rotary positions and sliding-window attention, Muon for the matrices, "
+            "context 128, batch 16; about 10 minutes"
         ),
-        model=dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0),
+        model=dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, position="rope"),
         train=dict(
-            max_steps=5000,
+            max_steps=4000,
             batch_size=16,
-            learning_rate=5e-3,
-            min_lr=5e-4,
-            warmup_steps=100,
+            learning_rate=1e-2,
+            min_lr=1e-3,
+            warmup_steps=30,
             beta2=0.99,
+            optimizer="muon",
+            muon_lr=0.02,
             eval_interval=250,
             eval_batches=10,
         ),

@@ -10,9 +10,11 @@ The rules every function here follows:
   up to at least p; `None` or 1 keeps all; p outside (0, 1] is an error.
 - The filters compose in that order: temperature, then top-k, then top-p on what top-k left.
 - A `generator` (or a `seed`, which makes one) makes sampling reproducible.
-- A prompt longer than the model's context window is cropped from the left: only its last
-  `block_size` tokens are seen. An empty prompt is an error; text helpers start from
-  `START_TEXT` (a newline, the way every speech in Tiny Shakespeare starts) instead.
+- With a `block_size` (a model with learned positions), a context longer than the window is
+  cropped from the left: only its last `block_size` tokens are seen. With `block_size=None` (a
+  RoPE model, whose sliding-window attention reads text of any length) nothing is cropped.
+  An empty prompt is an error; text helpers start from `START_TEXT` (a newline, the way every
+  speech in Tiny Shakespeare starts) instead.
 """
 
 from __future__ import annotations
@@ -136,8 +138,9 @@ def stream(
 
     With `use_cache`, the model (which must offer `new_kv_cache()` and take `kv_cache=`) keeps the
     keys and values of past positions and processes only the newest token at each step. Once the
-    sequence is longer than `block_size`, the window slides: positions shift, so the cache is rebuilt
-    from the cropped window at every step, which gives exactly the tokens of the plain loop.
+    sequence is longer than `block_size`, the cropped window slides: positions shift, so the cache is
+    rebuilt from the window at every step, which gives exactly the tokens of the plain loop. Without
+    a `block_size` nothing shifts, and every step after the first is a cached one.
     """
     _check_prompt(idx)
     check_sampling(temperature, top_k, top_p)
@@ -195,7 +198,7 @@ def stream_text(
     """
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer.encode(prompt or START_TEXT)], dtype=torch.long, device=device)
-    options.setdefault("block_size", getattr(model, "block_size", None))
+    options.setdefault("block_size", getattr(model, "max_context", getattr(model, "block_size", None)))
     options.setdefault("use_cache", hasattr(model, "new_kv_cache"))
     new_ids: list[int] = []
     shown = ""

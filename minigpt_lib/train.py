@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .data import BatchSampler, get_batch, sequential_windows
 from .device import pick_device
+from .optim import Muon
 
 
 class TrainingDivergedError(RuntimeError):
@@ -40,6 +41,9 @@ class TrainConfig:
     time_budget: float | None = None
     autocast_dtype: str | None = None
     compile: bool = False
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1:
@@ -51,6 +55,10 @@ class TrainConfig:
             )
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"need muon_lr > 0 and 0 <= muon_momentum < 1, got {self.muon_lr}, {self.muon_momentum}")
         if self.autocast_dtype not in (None, "bfloat16", "float16"):
             raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {self.autocast_dtype!r}")
 
@@ -80,16 +88,34 @@ def lr_at(config: TrainConfig, step: int, progress: float | None = None) -> floa
     return config.min_lr + cosine * (config.learning_rate - config.min_lr)
 
 
-def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on biases, norms or 1-D parameters)."""
+def configure_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on biases, norms or 1-D parameters).
+
+    With `optimizer="muon"`, the matrices of linear layers (not the embeddings) are trained by Muon
+    at `muon_lr`, and everything else by AdamW. Each group's `lr_scale` is its learning rate over
+    `learning_rate`: the schedule sets `lr = lr_at(...) * lr_scale`.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "muon":
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+        matrices = [p for p in params if p.dim() == 2 and id(p) in linear and id(p) not in embeddings]
+        chosen = {id(p) for p in matrices}
+        others = [p for p in params if p.dim() >= 2 and id(p) not in chosen]
+        groups = [
+            {"params": matrices, "muon": True, "lr_scale": config.muon_lr / config.learning_rate},
+            {"params": others, "weight_decay": config.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        return Muon(groups, lr=config.learning_rate, momentum=config.muon_momentum, betas=betas)
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    betas = (config.beta1, config.beta2)
     if device.type in ("cuda", "cpu"):
         try:  # one fused kernel for all parameters: several times faster than a loop over them
             return torch.optim.AdamW(groups, lr=config.learning_rate, betas=betas, fused=True)
@@ -192,7 +218,7 @@ class Trainer:
         """One optimisation step on the next batch; returns its loss."""
         lr = lr_at(self.config, self.step, self._schedule_progress())
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         x, y = self.sampler.next()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with self._autocast():

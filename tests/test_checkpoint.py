@@ -45,14 +45,20 @@ def test_loaded_model_keeps_weight_tying(tmp_path, tiny_model):
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
 
 
-def test_resumed_training_equals_uninterrupted_training(tmp_path, tiny_config, tokenizer, ids):
+@pytest.mark.parametrize("recipe", ["adamw, learned positions", "muon, rope"])
+def test_resumed_training_equals_uninterrupted_training(tmp_path, tiny_config, tokenizer, ids, recipe):
+    from minigpt_lib import GPTConfig
+
     train, val = ids[:2500], ids[2500:]
+    if recipe == "muon, rope":
+        tiny_config = GPTConfig(**dict(tiny_config.to_dict(), position="rope"))
+    options = dict(optimizer="muon") if recipe == "muon, rope" else {}
     torch.manual_seed(0)
-    straight = Trainer(GPT(tiny_config), train, val, train_config(), device="cpu", tokenizer=tokenizer)
+    straight = Trainer(GPT(tiny_config), train, val, train_config(**options), device="cpu", tokenizer=tokenizer)
     straight.train(progress_bar=False)
 
     torch.manual_seed(0)
-    first = Trainer(GPT(tiny_config), train, val, train_config(), device="cpu", tokenizer=tokenizer)
+    first = Trainer(GPT(tiny_config), train, val, train_config(**options), device="cpu", tokenizer=tokenizer)
     first.train(steps=17, progress_bar=False)
     save_trainer(first, tmp_path / "ckpt")
     torch.manual_seed(12345)  # the resumed run must not depend on the global RNG at resume time
