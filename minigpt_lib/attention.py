@@ -55,14 +55,14 @@ def rotary_tables(
     """Cosines and sines (length, head_size // 2) of rotary position embeddings for positions start, start + 1, ...
 
     Pair i of a head's dimensions at position t is turned by the angle t * base ** (-2i / head_size).
-    The angles are computed in double precision, so that far positions keep accurate rotations.
+    The angles are computed on the CPU in double precision (which not every GPU offers), so that far
+    positions keep accurate rotations, then moved to `device`.
     """
     if head_size % 2:
         raise ValueError(f"rotary embeddings need an even head size, got {head_size}")
-    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64, device=device) / head_size)
-    positions = torch.arange(start, start + length, dtype=torch.float64, device=device)
-    angles = torch.outer(positions, inv_freq)
-    return angles.cos().float(), angles.sin().float()
+    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+    angles = torch.outer(torch.arange(start, start + length, dtype=torch.float64), inv_freq)
+    return angles.cos().float().to(device), angles.sin().float().to(device)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
