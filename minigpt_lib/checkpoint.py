@@ -418,9 +418,8 @@ def _validate(manifest: Any, manifest_path: Path) -> dict[str, str]:
         isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d) for d in digests.values()
     ):
         raise fail("sha256 is missing or is not an object of hex digests")
-    for name in files.values():
-        if name not in digests:
-            raise fail(f"sha256 has no checksum for {name}")
+    if set(digests) != set(files.values()):
+        raise fail(f"sha256 must hold the checksums of {sorted(files.values())} only, not of {sorted(digests)}")
     return files
 
 

@@ -70,6 +70,7 @@ def filter_logits(
     scaled = logits / temperature
     if not bool(torch.isfinite(scaled).all()):  # a tiny temperature overflows: scale the gaps to the best logit
         scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+        scaled = torch.where(scaled.isnan(), 0.0, scaled)  # 0 / 0 where the temperature rounds to 0: the best
     logits = scaled
     if top_k is not None:
         logits = top_k_filter(logits, top_k)

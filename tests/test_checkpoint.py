@@ -128,7 +128,8 @@ def test_checkpoints_hold_no_pickles(tmp_path, tiny_model, tokenizer, ids):
     trainer = Trainer(tiny_model, ids, ids, train_config(max_steps=3), device="cpu", tokenizer=tokenizer)
     trainer.train(progress_bar=False)
     path = save_trainer(trainer, tmp_path / "ckpt")
-    assert sorted(f.name for f in path.iterdir()) == ["checkpoint.json", "model-1.safetensors", "training-1.safetensors"]
+    names = ["checkpoint.json", "model-1.safetensors", "training-1.safetensors"]
+    assert sorted(f.name for f in path.iterdir()) == names
     json.loads((path / "checkpoint.json").read_text())
     for f in path.iterdir():
         assert not f.read_bytes().startswith(b"\x80"), f"{f.name} looks like a pickle"
