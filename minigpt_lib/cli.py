@@ -215,8 +215,14 @@ def _out_problem(out: Path, resume: bool, overwrite: bool) -> str | None:
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file, not a folder; give a new folder (or one that holds a run)"
     has_run = (out / MANIFEST).exists()
+    if resume and not has_run:
+        # Versions before checkpoint format 2 swapped whole folders; a kill mid-swap left the run in .NAME.old-PID.
+        moved = [p for p in out.parent.glob(f".{out.name}.old-*") if (p / MANIFEST).is_file()]
+        if moved:
+            return f"{out} holds no checkpoint, but an interrupted save left it in {moved[0]}; move it to {out}"
+        return f"--resume given but {out} holds no checkpoint; drop --resume to start afresh"
     if resume:
-        return None if has_run else f"--resume given but {out} holds no checkpoint; drop --resume to start afresh"
+        return None
     if has_run and not overwrite:
         try:
             state = read_manifest(out).get("train_state") or {}

@@ -244,6 +244,15 @@ def test_a_save_interrupted_at_any_step_leaves_the_last_good_checkpoint(tmp_path
     assert stop_at >= 10  # every write, flush, rename and removal of a save was interrupted once
 
 
+def test_resume_points_to_a_run_left_aside_by_an_interrupted_save_of_the_old_format(tmp_path, corpus, capsys):
+    aside = tmp_path / ".run.old-4242"  # where format 1 moved the old checkpoint during a save
+    assert train(corpus, aside, "--max-steps", "2") == 0
+    capsys.readouterr()
+    assert train(corpus, tmp_path / "run", "--resume") == 2
+    assert str(aside) in capsys.readouterr().err
+    assert (aside / "checkpoint.json").is_file()
+
+
 def test_a_second_process_training_into_the_same_folder_is_refused(tmp_path, corpus, tiny_model, capsys):
     run = tmp_path / "run"
     run.mkdir()
