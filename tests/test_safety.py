@@ -66,7 +66,7 @@ def manifest_of(folder):
 
 
 def model_file(folder):
-    return folder / manifest_of(folder)["files"]["model"]
+    return folder / manifest_of(folder).get("files", {}).get("model", "model.safetensors")
 
 
 def rewrite_manifest(folder, change):
@@ -346,13 +346,12 @@ def rope_model(block_size=8, n_layer=2):
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_a_long_prompt_for_the_sliding_window_model_costs_only_its_receptive_field(use_cache):
     model = rope_model()
-    assert model.receptive_field == 2 * (8 - 1) + 1
     lengths = []
     forward = model.forward
     model.forward = lambda idx, *a, **k: lengths.append(idx.size(1)) or forward(idx, *a, **k)
     prompt = torch.randint(0, 20, (1, 5000), generator=torch.Generator().manual_seed(1))
     model.generate(prompt, 4, temperature=0, use_cache=use_cache)
-    assert max(lengths) == model.receptive_field
+    assert max(lengths) == 2 * (8 - 1) + 1 == model.receptive_field
 
 
 def test_cropped_generation_equals_the_uncropped_generation():
@@ -360,7 +359,7 @@ def test_cropped_generation_equals_the_uncropped_generation():
     prompt = torch.randint(0, 20, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(prompt)[0][:, -1]
-        cropped = model(prompt[:, -model.receptive_field :])[0][:, -1]
+        cropped = model(prompt[:, -10:])[0][:, -1]
         idx = prompt
         for _ in range(12):  # the plain loop over the whole, uncropped text
             idx = torch.cat([idx, greedy(model(idx)[0][:, -1])], dim=1)
@@ -374,11 +373,12 @@ def test_the_receptive_field_is_exact():
     prompt = torch.randint(0, 19, (1, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         base = model(prompt)[0][0, -1]
-        for back, changes in ((model.receptive_field, True), (model.receptive_field + 1, False)):
+        for back, changes in ((10, True), (11, False)):
             changed = prompt.clone()
             changed[0, -back] += 1  # the farthest token inside the field, then the nearest one outside it
             difference = (model(changed)[0][0, -1] - base).abs().max().item()
             assert (difference > 1e-12) == changes, (back, difference)
+    assert model.receptive_field == 10
 
 
 def test_a_split_pattern_that_skips_characters_still_round_trips():
