@@ -23,7 +23,7 @@ from .checkpoint import (
 )
 from .data import CorpusNotFoundError, load_text
 from .device import pick_device
-from .presets import PRESETS, get_preset
+from .presets import PRESETS, Preset, get_preset
 from .sampling import START_TEXT, check_sampling, stream_text
 from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, UnknownCharacterError, load_tokenizer
 from .train import Trainer, TrainingDivergedError
@@ -277,7 +277,9 @@ def _train(args: argparse.Namespace) -> int:
                 pass
 
 
-def _run(args: argparse.Namespace, preset, out: Path, device, text: str, tokenizer: Tokenizer | None) -> int:
+def _run(
+    args: argparse.Namespace, preset: Preset, out: Path, device: torch.device, text: str, tokenizer: Tokenizer | None
+) -> int:
     """Build or resume the trainer, train, and save into the locked folder `out`."""
     # A time budget alone trains until the clock runs out (the preset's step count no longer applies).
     max_steps = args.max_steps if args.max_steps is not None else (10**9 if args.time_budget else None)
