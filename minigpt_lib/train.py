@@ -58,8 +58,8 @@ class TrainConfig:
                 f"need 0 <= min_lr <= learning_rate and learning_rate > 0, got "
                 f"learning_rate={self.learning_rate}, min_lr={self.min_lr}"
             )
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be a positive number, or None for no clipping; got {self.grad_clip}")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be a positive number, or None or 0 for none; got {self.grad_clip}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.optimizer not in ("adamw", "muon"):
