@@ -46,7 +46,6 @@ TEMPORARY = re.compile(r"((model|training)-[0-9]+\.safetensors|checkpoint\.json)
 MAX_PARAMS = 2**31  # 8 GB of float32 weights: far above any model of the course
 MAX_LAYERS = 1000
 MAX_MANIFEST_BYTES = 256 * 2**20
-HISTORY_KEYS = ("step", "loss", "lr", "grad_norm")
 
 
 class CheckpointError(RuntimeError):
@@ -231,12 +230,15 @@ def save_checkpoint(
     model: GPT,
     tokenizer: CharTokenizer | None = None,
     trainer: Trainer | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` (and its tokenizer, and a trainer's full state for resuming) to folder `path`.
 
+    `meta` (default: the trainer's) says what the run is, e.g. {"chat": True} for a chat model.
     The previous checkpoint in `path` stays loadable until the new one is complete; other files in
     the folder are left alone. A model with NaN or infinite weights is not saved (CheckpointError).
     """
+    meta = meta if meta is not None else getattr(trainer, "meta", None)
     path = Path(path)
     bad = _non_finite(model)
     if bad:
@@ -265,8 +267,11 @@ def save_checkpoint(
             "generation": generation,
             "files": files,
             "model_config": model.config.to_dict(),
+            "model_class": type(model).__name__,
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
         }
+        if meta:
+            manifest["meta"] = meta
         written: list[Path] = []
         committed = False
         try:
@@ -362,6 +367,8 @@ def _validate(manifest: Any, manifest_path: Path) -> dict[str, str]:
         )
     if not isinstance(manifest.get("model_config"), dict):
         raise fail("model_config is missing or not an object")
+    if not isinstance(manifest.get("model_class", ""), str) or not isinstance(manifest.get("meta", {}), dict):
+        raise fail("model_class must be a string and meta an object")
     try:
         config = GPTConfig.from_dict(manifest["model_config"])
     except (ValueError, TypeError) as err:
@@ -386,16 +393,12 @@ def _validate(manifest: Any, manifest_path: Path) -> dict[str, str]:
         state = manifest["train_state"]
         if not isinstance(manifest.get("train_config"), dict):
             raise fail("train_config is missing or not an object")
-        try:
-            TrainConfig.from_dict(manifest["train_config"])
-        except (ValueError, TypeError) as err:
-            raise fail(f"train_config is invalid ({err})") from None
         if not (
             isinstance(state, dict)
             and _is_count(state.get("step"))
             and isinstance(state.get("elapsed"), (int, float))
             and isinstance(state.get("history"), dict)
-            and all(isinstance(state["history"].get(k), list) for k in HISTORY_KEYS)
+            and all(isinstance(values, list) for values in state["history"].values())
             and isinstance(state.get("evals"), list)
             and all(isinstance(e, dict) for e in state["evals"])
         ):
@@ -440,7 +443,8 @@ def _read_once(path: Path) -> tuple[dict[str, Any], dict[str, bytes], bytes]:
         raise CheckpointError(f"{manifest_path} is corrupted or truncated ({err}); retrain or restore a copy") from err
     files = _validate(manifest, manifest_path)
     n_params = param_count_formula(GPTConfig.from_dict(manifest["model_config"]))
-    limits = {"model": 8 * n_params + 2**20, "training": 24 * n_params + 2**20}  # float64 at most, + headers
+    # float64 at most, twice the GPT's parameters (room for extra heads), plus headers
+    limits = {"model": 16 * n_params + 2**26, "training": 48 * n_params + 2**26}
     blobs = {}
     for role, name in files.items():
         try:
@@ -491,14 +495,20 @@ def finished_run(path: str | Path, config: GPTConfig, tokenizer: Any) -> dict[st
     state = manifest.get("train_state")
     if state is None or manifest.get("tokenizer") is None:
         return None
-    trained = TrainConfig.from_dict(manifest["train_config"])
+    try:
+        trained = TrainConfig.from_dict(manifest["train_config"])
+    except (ValueError, TypeError):
+        return None
     done = state["step"] >= trained.max_steps or (trained.time_budget or float("inf")) <= state["elapsed"]
     same = manifest["model_config"] == config.to_dict() and tokenizer_from_dict(manifest["tokenizer"]) == tokenizer
     return manifest if done and same else None
 
 
-def _model_from(manifest: dict[str, Any], data: bytes, file: Path) -> GPT:
-    model = GPT(GPTConfig.from_dict(manifest["model_config"]))
+def _model_from(manifest: dict[str, Any], data: bytes, file: Path, model_class: type[torch.nn.Module]) -> GPT:
+    saved_class = manifest.get("model_class", GPT.__name__)
+    if saved_class != model_class.__name__:
+        raise CheckpointError(f"{file.parent} holds a {saved_class}, not a {model_class.__name__}; load it as such")
+    model = model_class(GPTConfig.from_dict(manifest["model_config"]))
     try:
         state = load_tensors(data)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -520,19 +530,41 @@ def _model_from(manifest: dict[str, Any], data: bytes, file: Path) -> GPT:
     return model
 
 
-def _load(path: Path) -> tuple[GPT, CharTokenizer | None, dict[str, Any], dict[str, bytes]]:
+def _load(
+    path: Path, model_class: type[torch.nn.Module] = GPT
+) -> tuple[GPT, CharTokenizer | None, dict[str, Any], dict[str, bytes]]:
     manifest, blobs = _read(path)
-    model = _model_from(manifest, blobs["model"], path / _validate(manifest, path / MANIFEST)["model"])
+    model = _model_from(manifest, blobs["model"], path / _validate(manifest, path / MANIFEST)["model"], model_class)
     tokenizer = tokenizer_from_dict(manifest["tokenizer"]) if manifest.get("tokenizer") else None
     return model, tokenizer, manifest, blobs
 
 
 def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", model_class: type[torch.nn.Module] = GPT
 ) -> tuple[GPT, CharTokenizer | None, dict[str, Any]]:
-    """Load a model (and its tokenizer) from a checkpoint folder; returns (model, tokenizer, manifest)."""
-    model, tokenizer, manifest, _ = _load(Path(path))
+    """Load a model (and its tokenizer) from a checkpoint folder; returns (model, tokenizer, manifest).
+
+    `model_class` is built from the GPTConfig in the manifest: GPT, or a model around one (a reward model).
+    """
+    model, tokenizer, manifest, _ = _load(Path(path), model_class)
     return model.to(device), tokenizer, manifest
+
+
+def _restore(path: Path, trainer: Any, manifest: dict[str, Any], blobs: dict[str, bytes]) -> Any:
+    if "train_state" not in manifest:
+        raise CheckpointError(f"{path} holds a model only (no training state), so training cannot resume from it")
+    try:
+        tensors = load_tensors(blobs["training"])
+        trainer.optimizer.load_state_dict(_optimizer_state(tensors, manifest["optimizer_param_groups"]))
+        trainer.sampler.set_state(tensors["rng.sampler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        trainer.load_state(manifest["train_state"])
+    except (SafetensorError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{path / MANIFEST} is damaged: could not restore the training state ({err!r})") from err
+    trainer.meta = dict(manifest.get("meta", {}))
+    return trainer
 
 
 def resume_trainer(
@@ -547,16 +579,21 @@ def resume_trainer(
     model, tokenizer, manifest, blobs = _load(path)
     if "train_state" not in manifest:
         raise CheckpointError(f"{path} holds a model only (no training state), so training cannot resume from it")
-    config_dict = dict(manifest["train_config"], **config_overrides)
-    trainer = Trainer(model, train_ids, val_ids, TrainConfig.from_dict(config_dict), device=device, tokenizer=tokenizer)
     try:
-        tensors = load_tensors(blobs["training"])
-        trainer.optimizer.load_state_dict(_optimizer_state(tensors, manifest["optimizer_param_groups"]))
-        trainer.sampler.set_state(tensors["rng.sampler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        trainer.load_state(manifest["train_state"])
-    except (SafetensorError, KeyError, ValueError, TypeError, RuntimeError) as err:
-        raise CheckpointError(f"could not restore the training state from {path}: {err!r}") from err
-    return trainer
+        config = TrainConfig.from_dict(dict(manifest["train_config"], **config_overrides))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path / MANIFEST} is damaged, or an override invalid: train_config: {err}") from None
+    trainer = Trainer(model, train_ids, val_ids, config, device=device, tokenizer=tokenizer)
+    return _restore(path, trainer, manifest, blobs)
+
+
+def restore_training(path: str | Path, trainer: Any, manifest: dict[str, Any] | None = None) -> Any:
+    """Put the optimiser, random states and progress saved in checkpoint `path` into `trainer` (built on its model).
+
+    `manifest`, if given, is the one read before building the trainer: a checkpoint saved since is an error.
+    """
+    path = Path(path)
+    current, blobs = _read(path)
+    if manifest is not None and manifest.get("generation") != current.get("generation"):
+        raise CheckpointError(f"the checkpoint in {path} changed while the run was being resumed; resume again")
+    return _restore(path, trainer, current, blobs)
