@@ -216,7 +216,8 @@ class GPT(nn.Module):
         """Extend `idx` (B, T) by `max_new_tokens` tokens (temperature 0 means greedy).
 
         Options as in `minigpt_lib.sampling`. With learned positions, the context is cropped from the left
-        to its last block_size tokens; a RoPE model reads all of it through its sliding attention windows.
+        to its last block_size tokens; a RoPE model reads its last `receptive_field` tokens, all that its
+        stacked sliding attention windows can see.
         `use_cache=False` runs the plain loop, which gives the same tokens, more slowly.
         """
         return generate(
