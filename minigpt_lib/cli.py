@@ -98,7 +98,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bpe.add_argument("--data", type=Path, help="UTF-8 text file to learn from (default: Tiny Shakespeare)")
     bpe.add_argument("--vocab-size", type=int, required=True, help="tokens in all: 256 bytes + merges + specials")
     bpe.add_argument("--out", type=Path, required=True, help="JSON file to write the tokenizer to")
-    bpe.add_argument("--overwrite", action="store_true", help="replace the file --out if it exists")
+    bpe.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if it is not a tokenizer file (one is replaced)"
+    )
     bpe.add_argument("--pattern", default="gpt4", help="pre-split regex: gpt4 (default), gpt2, or a regex of your own")
     bpe.add_argument("--special", action="append", default=[], metavar="NAME", help="a special token (repeatable)")
     bpe.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -404,13 +406,25 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_tokenizer_file(path: Path) -> bool:
+    """Whether `path` holds a tokenizer (which a new one may replace without --overwrite)."""
+    try:
+        load_tokenizer(path)
+    except (ValueError, OSError):
+        return False
+    return not path.is_symlink()
+
+
 def _tokenizer_train(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.is_dir():
         print(f"error: --out {out} is a folder; give a file name, such as {out / 'tokenizer.json'}", file=sys.stderr)
         return 2
-    if (out.exists() or out.is_symlink()) and not args.overwrite:
-        print(f"error: {out} exists; add --overwrite to replace it, or choose another --out", file=sys.stderr)
+    if (out.exists() or out.is_symlink()) and not args.overwrite and not _is_tokenizer_file(out):
+        print(
+            f"error: {out} exists and is not a tokenizer file; add --overwrite to replace it, or choose another --out",
+            file=sys.stderr,
+        )
         return 2
     text = load_text(args.data)
     start = time.perf_counter()

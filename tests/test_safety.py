@@ -453,7 +453,7 @@ def test_out_that_is_a_file_or_a_symlink_is_refused(tmp_path, corpus, capsys):
     assert list(target.iterdir()) == []
 
 
-def test_tokenizer_train_into_a_folder_or_an_existing_file_is_refused(tmp_path, corpus, capsys):
+def test_tokenizer_train_into_a_folder_or_over_a_file_that_is_no_tokenizer_is_refused(tmp_path, corpus, capsys):
     args = ["tokenizer", "train", "--data", str(corpus), "--vocab-size", "260", "--quiet", "--out"]
     assert main([*args, str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
@@ -463,6 +463,7 @@ def test_tokenizer_train_into_a_folder_or_an_existing_file_is_refused(tmp_path, 
     assert "--overwrite" in capsys.readouterr().err and existing.read_text() == "{}"
     assert main([*args, str(existing), "--overwrite"]) == 0
     assert BPETokenizer.load(existing).vocab_size == 260
+    assert main([*args, str(existing)]) == 0  # a tokenizer file the command wrote is replaced without asking
 
 
 BIG_VOCABULARY = "".join(map(chr, range(32, 200)))
