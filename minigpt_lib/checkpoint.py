@@ -176,8 +176,8 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], param_groups: list[dict])
 
 
 def _check_folder(path: Path) -> None:
-    if path.is_symlink():
-        raise CheckpointError(f"{path} is a symbolic link; give the folder it points to, or a new folder")
+    if path.is_symlink() and not path.is_dir():
+        raise CheckpointError(f"{path} is a symbolic link to no folder; give a folder for the checkpoint")
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} is a file, not a folder; give a folder for the checkpoint")
 
