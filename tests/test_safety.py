@@ -640,3 +640,14 @@ def test_meta_and_model_class_are_kept_and_checked(tmp_path, tiny_config, tokeni
     save_trainer(fresh, folder)
     with pytest.raises(CheckpointError, match="changed"):
         restore_training(folder, fresh, manifest)
+
+
+def test_the_library_saves_into_a_symlinked_folder_and_refuses_a_file(tmp_path, tiny_model):
+    target = tmp_path / "drive"
+    target.mkdir()
+    (tmp_path / "run").symlink_to(target)
+    save_checkpoint(tmp_path / "run", tiny_model)
+    load_checkpoint(target)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        save_checkpoint(tmp_path / "file", tiny_model)
