@@ -62,6 +62,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bpe.add_argument("--pattern", default="gpt4", help="pre-split regex: gpt4 (default), gpt2, or a regex of your own")
     bpe.add_argument("--special", action="append", default=[], metavar="NAME", help="a special token (repeatable)")
     bpe.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    gpt2 = sub.add_parser("import-gpt2", help="turn a Hugging Face GPT-2 folder into a checkpoint of ours")
+    gpt2.add_argument("--from", dest="source", type=Path, required=True, help="folder with config.json, model.safetensors")
+    gpt2.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (must not exist yet)")
     return parser
 
 
@@ -176,6 +180,25 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_gpt2(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .gpt2 import import_gpt2
+
+    if args.out.exists():
+        print(f"error: {args.out} exists; choose a new folder for the imported model", file=sys.stderr)
+        return 2
+    try:
+        model, tokenizer = import_gpt2(args.source)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    save_checkpoint(args.out, model, tokenizer)
+    print(f"GPT-2 with {model.num_params() / 1e6:.1f}M parameters saved to {args.out}")
+    if tokenizer is None:
+        print("no vocab.json and merges.txt beside it: the checkpoint has no tokenizer and keeps GPT-2's token ids")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _build_parser().parse_args(argv)
@@ -184,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "tokenizer":
             return _tokenizer_train(args)
+        if args.command == "import-gpt2":
+            return _import_gpt2(args)
         return _sample(args)
     except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
