@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import time
 from pathlib import Path
@@ -36,6 +38,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="use torch.compile")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--batch-size", type=int, help="override the preset's batch size (per process with --parallel)")
+    train.add_argument(
+        "--parallel", choices=("ddp", "fsdp"), help="data-parallel over the processes of `torchrun --nproc_per_node=N`"
+    )
 
     sample = sub.add_parser("sample", help="generate text from a trained checkpoint")
     sample.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder written by `train`")
@@ -64,7 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bpe.add_argument("--quiet", action="store_true", help="no progress bar")
 
     gpt2 = sub.add_parser("import-gpt2", help="turn a Hugging Face GPT-2 folder into a checkpoint of ours")
-    gpt2.add_argument("--from", dest="source", type=Path, required=True, help="folder with config.json, model.safetensors")
+    gpt2.add_argument("--from", dest="source", type=Path, required=True, help="Hugging Face GPT-2 folder")
     gpt2.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (must not exist yet)")
     return parser
 
@@ -86,6 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     # A time budget alone trains until the clock runs out (the preset's step count no longer applies).
     max_steps = args.max_steps or (10**9 if args.time_budget else None)
     overrides = dict(max_steps=max_steps, seed=args.seed, time_budget=args.time_budget, compile=args.compile)
+    overrides["batch_size"] = args.batch_size
     device = None if args.device == "auto" else args.device
     if args.resume:
         if not (out / "checkpoint.json").is_file():
@@ -113,6 +120,12 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(
             model, train_ids, val_ids, preset.train_config(**overrides), device=device, tokenizer=tokenizer
         )
+    save = lambda t: save_trainer(t, out)
+    if args.parallel:
+        from . import distributed
+
+        distributed.parallelize(trainer, args.parallel)
+        save = lambda t: distributed.save(t, out, args.parallel)
     n_params = trainer.model.num_params()
     print(
         f"preset {args.preset}: {n_params / 1e6:.2f}M parameters on {trainer.device}, "
@@ -120,18 +133,34 @@ def _train(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     try:
-        trainer.train(progress_bar=not args.quiet, on_eval=lambda t: save_trainer(t, out))
+        trainer.train(progress_bar=not args.quiet, on_eval=save)
     except KeyboardInterrupt:
-        save_trainer(trainer, out)
+        save(trainer)
         print(f"\ninterrupted at step {trainer.step}; saved to {out}; continue with --resume", file=sys.stderr)
         return 130
     wall = time.perf_counter() - start
-    save_trainer(trainer, out)
+    save(trainer)
+    if args.parallel:
+        distributed.print_memory(trainer)
     val_loss = trainer.evaluate()
-    tokens = trainer.step * trainer.config.batch_size * trainer.block_size
+    tokens = trainer.step * trainer.config.batch_size * trainer.block_size * getattr(trainer.sampler, "world_size", 1)
     print(f"trained {trainer.step} steps in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tokens/s); saved to {out}")
     print(f"val_loss={val_loss:.4f}")
     return 0
+
+
+def _train_parallel(args: argparse.Namespace) -> int:
+    """`train` on every process of torchrun; rank 0 alone prints, shows progress and writes checkpoints."""
+    from . import distributed
+
+    rank, _, device = distributed.setup()
+    args.device = str(device)
+    args.quiet = args.quiet or rank > 0
+    try:
+        with contextlib.redirect_stdout(sys.stdout if rank == 0 else io.StringIO()):
+            return _train(args)
+    finally:
+        distributed.teardown()
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -204,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            return _train(args)
+            return _train_parallel(args) if args.parallel else _train(args)
         if args.command == "tokenizer":
             return _tokenizer_train(args)
         if args.command == "import-gpt2":
