@@ -17,7 +17,7 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
 # The one-liner that fetches OpenAI's GPT-2 (124M) in this layout where the Hugging Face hub is reachable.
-DOWNLOAD_GPT2 = "huggingface-cli download gpt2 config.json model.safetensors vocab.json merges.txt --local-dir gpt2"
+DOWNLOAD_GPT2 = "hf download openai-community/gpt2 config.json model.safetensors vocab.json merges.txt --local-dir gpt2"
 
 
 def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
