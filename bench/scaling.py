@@ -1,6 +1,6 @@
 """The scaling experiment of chapter 10: models of several widths trained on the same FLOPs; fits and figure.
 
-    python bench/scaling.py --max-flops 2e12 --out scaling.png
+    python bench/scaling.py --max-flops 1e12 --out scaling.png
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from minigpt_lib.scaling import analyse, budgets, ladder, plot, run_experiment
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", default="32,48,64,96,128,192", help="model widths, comma-separated")
+    parser.add_argument("--widths", default="16,24,32,48,64,96,128,192", help="model widths, comma-separated")
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-flops", type=float, default=2e12, help="the largest compute budget")
+    parser.add_argument("--max-flops", type=float, default=1e12, help="the largest compute budget")
     parser.add_argument("--budgets", type=int, default=5, help="budgets, halving from --max-flops")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     parser.add_argument("--out", default="scaling.png", help="figure file")

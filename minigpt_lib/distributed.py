@@ -29,7 +29,7 @@ def torchrun(nproc: int, *args: str) -> list[str]:
 def setup() -> tuple[int, int, torch.device]:
     """Join the process group torchrun describes; returns (rank, world size, this rank's device)."""
     if "RANK" not in os.environ:
-        raise RuntimeError(
+        raise ValueError(
             "--parallel needs several processes: launch with `torchrun --nproc_per_node=2 -m minigpt_lib train ...`"
         )
     if torch.cuda.is_available():
@@ -47,11 +47,6 @@ def teardown() -> None:
     """Leave the process group (if one was joined)."""
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 class ShardedBatchSampler(BatchSampler):
