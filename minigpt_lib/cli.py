@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import sys
 import time
@@ -75,6 +77,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="use torch.compile")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--batch-size", type=int, help="override the preset's batch size (per process with --parallel)")
+    train.add_argument(
+        "--parallel", choices=("ddp", "fsdp"), help="data-parallel over the processes of `torchrun --nproc_per_node=N`"
+    )
 
     sample = sub.add_parser("sample", help="generate text from a trained checkpoint")
     sample.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder written by `train`")
@@ -104,110 +110,38 @@ def _build_parser() -> argparse.ArgumentParser:
     bpe.add_argument("--pattern", default="gpt4", help="pre-split regex: gpt4 (default), gpt2, or a regex of your own")
     bpe.add_argument("--special", action="append", default=[], metavar="NAME", help="a special token (repeatable)")
     bpe.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    gpt2 = sub.add_parser("import-gpt2", help="turn a Hugging Face GPT-2 folder into a checkpoint of ours")
+    gpt2.add_argument("--from", dest="source", type=Path, required=True, help="Hugging Face GPT-2 folder")
+    gpt2.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (must not exist yet)")
     return parser
 
 
-def _encode_split(tokenizer: Tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split `text` 90/10 by characters, then encode each part (the same split for every tokenizer)."""
-    n = int(0.9 * len(text))
-    return tokenizer.encode_tensor(text[:n]), tokenizer.encode_tensor(text[n:])
+def _train_parallel(args: argparse.Namespace) -> int:
+    """`train` on every process of torchrun; rank 0 alone prints, shows progress and writes checkpoints."""
+    from . import distributed
 
-
-def _train(args: argparse.Namespace) -> int:
-    preset = get_preset(args.preset)
-    out = args.out or Path("runs") / args.preset
-    if args.threads or preset.threads:
-        torch.set_num_threads(args.threads or preset.threads)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    text = load_text(args.data)
-    # A time budget alone trains until the clock runs out (the preset's step count no longer applies).
-    max_steps = args.max_steps or (10**9 if args.time_budget else None)
-    overrides = dict(max_steps=max_steps, seed=args.seed, time_budget=args.time_budget, compile=args.compile)
-    device = None if args.device == "auto" else args.device
-    if args.resume:
-        if not (out / "checkpoint.json").is_file():
-            print(
-                f"error: --resume given but {out} holds no checkpoint; drop --resume to start afresh", file=sys.stderr
-            )
-            return 2
-        probe, tokenizer, _ = load_checkpoint(out)
-        del probe
-        if args.tokenizer is not None and load_tokenizer(args.tokenizer) != tokenizer:
-            print(f"error: {args.tokenizer} is not the tokenizer the run in {out} was trained with", file=sys.stderr)
-            return 2
-        train_ids, val_ids = _encode_split(tokenizer, text)
-        trainer = resume_trainer(
-            out, train_ids, val_ids, device=device, **{k: v for k, v in overrides.items() if v is not None}
-        )
-        print(f"resuming {out} at step {trainer.step}")
-    else:
-        tokenizer = CharTokenizer.from_text(text) if args.tokenizer is None else load_tokenizer(args.tokenizer)
-        train_ids, val_ids = _encode_split(tokenizer, text)
-        torch.manual_seed(preset.train_config(**overrides).seed)
-        from .model import GPT
-
-        model = GPT(preset.model_config(tokenizer.vocab_size))
-        trainer = Trainer(
-            model, train_ids, val_ids, preset.train_config(**overrides), device=device, tokenizer=tokenizer
-        )
-    n_params = trainer.model.num_params()
-    print(
-        f"preset {args.preset}: {n_params / 1e6:.2f}M parameters on {trainer.device}, "
-        f"{len(train_ids):,} training tokens, vocabulary {tokenizer.vocab_size}"
-    )
-    start = time.perf_counter()
+    rank, _, device = distributed.setup()
+    args.device = str(device)
+    args.quiet = args.quiet or rank > 0
     try:
-        trainer.train(progress_bar=not args.quiet, on_eval=lambda t: save_trainer(t, out))
-    except KeyboardInterrupt:
-        save_trainer(trainer, out)
-        print(f"\ninterrupted at step {trainer.step}; saved to {out}; continue with --resume", file=sys.stderr)
-        return 130
-    wall = time.perf_counter() - start
-    save_trainer(trainer, out)
-    val_loss = trainer.evaluate()
-    tokens = trainer.step * trainer.config.batch_size * trainer.block_size
-    print(f"trained {trainer.step} steps in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tokens/s); saved to {out}")
-    print(f"val_loss={val_loss:.4f}")
-    return 0
-
-
-def _sample(args: argparse.Namespace) -> int:
-    device = torch.device("cpu") if args.device == "auto" and not torch.cuda.is_available() else None
-    model, tokenizer, _ = load_checkpoint(
-        args.ckpt, device=device or ("cuda" if args.device == "auto" else args.device)
-    )
-    if tokenizer is None:
-        print(f"error: {args.ckpt} has no tokenizer, so text cannot be encoded", file=sys.stderr)
-        return 2
-    prompt = args.prompt or START_TEXT
-    tokenizer.encode(prompt)  # bad input is an error before anything is printed
-    check_sampling(args.temperature, args.top_k, args.top_p)
-    pieces = stream_text(
-        model,
-        tokenizer,
-        prompt,
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        use_cache=args.use_cache,
-    )
-    if args.stream:
-        print(prompt, end="", flush=True)
-        for piece in pieces:
-            print(piece, end="", flush=True)
-        print()
-    else:
-        print(prompt + "".join(pieces))
-    return 0
+        with contextlib.redirect_stdout(sys.stdout if rank == 0 else io.StringIO()):
+            return _train(args)
+    finally:
+        distributed.teardown()
 
 
 def _encode_split(tokenizer: Tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Split `text` 90/10 by characters, then encode each part (the same split for every tokenizer)."""
     n = int(0.9 * len(text))
     return tokenizer.encode_tensor(text[:n]), tokenizer.encode_tensor(text[n:])
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _out_problem(out: Path, resume: bool, overwrite: bool) -> str | None:
@@ -265,7 +199,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: cannot create the folder {out} ({err.strerror}); choose one you can write to", file=sys.stderr)
         return 2
     try:
-        with folder_lock(out):  # checks that the folder is writable, before any training
+        # Under torchrun only rank 0 writes, so only rank 0 takes the folder's lock.
+        lock = folder_lock(out) if _rank() == 0 else contextlib.nullcontext()
+        with lock:  # checks that the folder is writable, before any training
             problem = _out_problem(out, args.resume, args.overwrite)  # again, now that no one else can write there
             if problem:
                 print(f"error: {problem}", file=sys.stderr)
@@ -286,6 +222,7 @@ def _run(
     # A time budget alone trains until the clock runs out (the preset's step count no longer applies).
     max_steps = args.max_steps if args.max_steps is not None else (10**9 if args.time_budget else None)
     overrides = dict(max_steps=max_steps, seed=args.seed, time_budget=args.time_budget, compile=args.compile)
+    overrides["batch_size"] = args.batch_size
     if args.resume:
         _, saved_tokenizer, manifest = load_checkpoint(out)
         if saved_tokenizer is None or "train_state" not in manifest:
@@ -319,6 +256,12 @@ def _run(
         trainer = Trainer(
             model, train_ids, val_ids, preset.train_config(**overrides), device=device, tokenizer=tokenizer
         )
+    write = lambda t: save_trainer(t, out)
+    if args.parallel:
+        from . import distributed
+
+        distributed.parallelize(trainer, args.parallel)
+        write = lambda t: distributed.save(t, out, args.parallel)
     n_params = trainer.model.num_params()
     print(
         f"preset {args.preset or 'cpu'}: {n_params / 1e6:.2f}M parameters on {trainer.device}, "
@@ -329,7 +272,7 @@ def _run(
 
     def save(t: Trainer) -> None:
         try:
-            save_trainer(t, out)
+            write(t)
         except (OSError, SafetensorError) as err:
             kept = "nothing was saved yet" if saved[0] is None else f"the checkpoint of step {saved[0]} is intact"
             raise CheckpointError(f"could not write the checkpoint to {out} ({err}); {kept}") from err
@@ -355,9 +298,11 @@ def _run(
         return 2
     wall = time.perf_counter() - start
     save(trainer)
+    if args.parallel:
+        distributed.print_memory(trainer)
     val_loss = trainer.evaluate()
     steps = trainer.step - first_step
-    tokens = steps * trainer.config.batch_size * trainer.block_size
+    tokens = steps * trainer.config.batch_size * trainer.block_size * getattr(trainer.sampler, "world_size", 1)
     this_run = f" ({steps} in this session)" if args.resume else ""
     print(
         f"trained {trainer.step} steps{this_run} in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tokens/s); "
@@ -439,14 +384,35 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_gpt2(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .gpt2 import import_gpt2
+
+    if args.out.exists():
+        print(f"error: {args.out} exists; choose a new folder for the imported model", file=sys.stderr)
+        return 2
+    try:
+        model, tokenizer = import_gpt2(args.source)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    save_checkpoint(args.out, model, tokenizer)
+    print(f"GPT-2 with {model.num_params() / 1e6:.1f}M parameters saved to {args.out}")
+    if tokenizer is None:
+        print("no vocab.json and merges.txt beside it: the checkpoint has no tokenizer and keeps GPT-2's token ids")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            return _train(args)
+            return _train_parallel(args) if args.parallel else _train(args)
         if args.command == "tokenizer":
             return _tokenizer_train(args)
+        if args.command == "import-gpt2":
+            return _import_gpt2(args)
         return _sample(args)
     except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

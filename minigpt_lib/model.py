@@ -16,6 +16,7 @@ from .sampling import generate, stream
 from .validation import check_field_types
 
 POSITIONS = ("learned", "rope")
+ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
     position: str = "learned"  # "learned": a table of position vectors (GPT-2); "rope": rotary embeddings
+    activation: str = "gelu"  # "gelu": exact GELU; "gelu_tanh": its tanh approximation, which GPT-2 was trained with
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -45,6 +47,8 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             head_size = self.n_embd // self.n_head
             raise ValueError(f"rotary embeddings need an even head size, got n_embd // n_head = {head_size}")
@@ -66,10 +70,10 @@ class GPTConfig:
 class MLP(nn.Module):
     """Position-wise feed-forward network: expand 4x, GELU, project back."""
 
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False):
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False, activation: str = "gelu"):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -86,7 +90,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias, config.block_size)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config.n_embd, config.dropout, config.bias)
+        self.mlp = MLP(config.n_embd, config.dropout, config.bias, config.activation)
 
     def forward(
         self,

@@ -179,6 +179,11 @@ class Trainer:
         self.evals: list[dict[str, float]] = []
         self._forward = torch.compile(self.model) if config.compile else self.model
 
+    def wrap_model(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Run training steps through `wrap(model)` (DDP, say); evaluation and checkpoints use the model itself."""
+        wrapped = wrap(self.model)
+        self._forward = torch.compile(wrapped) if self.config.compile else wrapped
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.autocast_dtype is None:
             return contextlib.nullcontext()
