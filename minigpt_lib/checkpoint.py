@@ -167,11 +167,15 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def _optimizer_state(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    entries = []
     for name, value in tensors.items():
         if name.startswith("optimizer."):
             _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
+            entries.append((int(index), key, value))
+    # A fixed order (safetensors' is not): FSDP's collective loading pairs state entries by position across ranks.
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for index, key, value in sorted(entries, key=lambda entry: entry[:2]):
+        state.setdefault(index, {})[key] = value
     return {"state": state, "param_groups": param_groups}
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minigpt_lib.checkpoint import read_manifest
 from minigpt_lib.cli import main
 from minigpt_lib.data import BatchSampler
 from minigpt_lib.distributed import ShardedBatchSampler, parallelize, torchrun
@@ -34,6 +35,11 @@ def test_each_rank_trains_on_its_own_slice_of_the_global_batch(ids):
         assert not torch.equal(parts[0][0], parts[1][0])
 
 
+def saved(folder: str, role: str) -> dict:
+    """The tensors of a checkpoint's model or training file, whichever save it is on."""
+    return load_file(f"{folder}/{read_manifest(folder)['files'][role]}")
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_train_and_resume_like_one_process_with_the_global_batch(mode, tmp_path, corpus, capsys):
     common = ["--preset", "tiny", "--data", str(corpus), "--quiet"]
@@ -46,10 +52,10 @@ def test_two_processes_train_and_resume_like_one_process_with_the_global_batch(m
     assert "memory rank 1:" in out
     out = run(*launch, "--max-steps", "12", "--resume")
     assert "resuming" in out
-    expected, got = load_file(f"{single}/model.safetensors"), load_file(f"{parallel}/model.safetensors")
+    expected, got = saved(single, "model"), saved(parallel, "model")
     error = max((got[name] - expected[name]).abs().max().item() for name in expected)
     assert error < 1e-5, error
-    expected, got = load_file(f"{single}/training.safetensors"), load_file(f"{parallel}/training.safetensors")
+    expected, got = saved(single, "training"), saved(parallel, "training")
     assert max((got[k] - expected[k]).abs().max().item() for k in expected if k.startswith("optimizer")) < 1e-5
 
 
