@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, KVCache, rotary_tables
 from .sampling import generate, stream
+from .validation import check_field_types
 
 POSITIONS = ("learned", "rope")
 ACTIVATIONS = ("gelu", "gelu_tanh")
@@ -33,6 +34,7 @@ class GPTConfig:
     activation: str = "gelu"  # "gelu": exact GELU; "gelu_tanh": its tanh approximation, which GPT-2 was trained with
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)}")
@@ -151,6 +153,18 @@ class GPT(nn.Module):
         """
         return self.config.block_size if self.config.position == "learned" else None
 
+    @property
+    def receptive_field(self) -> int:
+        """How many of the last tokens can influence the next one: no earlier token changes the logits.
+
+        With learned positions, block_size. With sliding-window attention, each layer reaches
+        block_size - 1 positions further back than the one below it, so n_layer layers reach
+        n_layer * (block_size - 1) + 1 tokens: generation crops the context to that many.
+        """
+        if self.config.position == "learned":
+            return self.config.block_size
+        return self.config.n_layer * (self.config.block_size - 1) + 1
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied weights counted once); optionally without position embeddings."""
         n = sum(p.numel() for p in self.parameters())
@@ -206,7 +220,8 @@ class GPT(nn.Module):
         """Extend `idx` (B, T) by `max_new_tokens` tokens (temperature 0 means greedy).
 
         Options as in `minigpt_lib.sampling`. With learned positions, the context is cropped from the left
-        to its last block_size tokens; a RoPE model reads all of it through its sliding attention windows.
+        to its last block_size tokens; a RoPE model reads its last `receptive_field` tokens, all that its
+        stacked sliding attention windows can see.
         `use_cache=False` runs the plain loop, which gives the same tokens, more slowly.
         """
         return generate(
