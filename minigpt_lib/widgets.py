@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 PLOTLY_JS = "../plotly.min.js"
@@ -31,10 +32,17 @@ def _plotlyjs_version() -> str:
     return get_plotlyjs_version()
 
 
+# The figure's inline script: plotly 6.6+ writes `<script>`, older plotly `<script type="text/javascript">`.
+_SCRIPT_OPEN = re.compile(r"<script(?:\s[^>]*)?>")
+
+
 def _defer_until_plotly(body: str) -> str:
     """Wrap the figure's inline script so it runs once plotly.js has loaded."""
-    start = body.index("<script>") + len("<script>")
-    end = body.rindex("</script>")
+    openings = list(_SCRIPT_OPEN.finditer(body))
+    if not openings or "src=" in openings[-1].group(0):
+        raise ValueError("plotly's figure HTML has no inline <script>; this plotly version is not supported")
+    start = openings[-1].end()
+    end = body.index("</script>", start)
     script = body[start:end]
     wrapped = (
         "(function draw() { if (typeof Plotly === 'undefined') { setTimeout(draw, 50); return; }" + script + "})();"
