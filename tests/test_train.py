@@ -106,7 +106,8 @@ def test_with_a_time_budget_the_progress_bar_counts_seconds_and_ends_full(tiny_m
             pass
 
     monkeypatch.setattr("minigpt_lib.train.tqdm", Bar)
-    trainer = Trainer(tiny_model, ids[:2500], ids[2500:], small_config(max_steps=max_steps, time_budget=0.3), device="cpu")
+    config = small_config(max_steps=max_steps, time_budget=0.3)
+    trainer = Trainer(tiny_model, ids[:2500], ids[2500:], config, device="cpu")
     trainer.train()
     assert bars[0].total == 0.3
     assert bars[0].n == pytest.approx(0.3)
