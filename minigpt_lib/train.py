@@ -275,9 +275,12 @@ class Trainer:
         """
         target = self.config.max_steps if steps is None else min(self.config.max_steps, self.step + steps)
         self.model.train()
-        # With a time budget and no real step limit, the bar counts steps without a total.
-        total = None if self.config.time_budget and target >= 10**6 else target
-        bar = tqdm(total=total, initial=self.step, disable=not progress_bar, desc=desc, unit="step")
+        budget = self.config.time_budget
+        if budget:  # the bar fills with the clock, so a run that stops at its budget ends at 100%
+            bar = tqdm(total=budget, initial=min(self.elapsed, budget), disable=not progress_bar, desc=desc,
+                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}")
+        else:
+            bar = tqdm(total=target, initial=self.step, disable=not progress_bar, desc=desc, unit="step")
         try:
             while self.step < target and not self.finished():
                 start = time.perf_counter()
@@ -290,10 +293,12 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 self.elapsed += time.perf_counter() - start
-                bar.update(1)
+                bar.update(min(self.elapsed, budget) - bar.n if budget else 1)
             if not self.evals or self.evals[-1]["step"] != self.step:
                 record = self._record_eval()
                 bar.set_postfix(train=f"{record['train']:.3f}", val=f"{record['val']:.3f}")
+            if budget and self.finished():  # also when max_steps came first: the run is complete
+                bar.update(bar.total - bar.n)
         finally:
             bar.close()
         return self.evals

@@ -85,3 +85,29 @@ def test_a_model_without_block_size_needs_one(ids):
 def test_gpt_trainer_picks_the_models_block_size(tiny_model, ids):
     assert Trainer(tiny_model, ids, ids, small_config(), device="cpu").block_size == tiny_model.block_size
     assert isinstance(tiny_model, GPT)
+
+
+@pytest.mark.parametrize("max_steps", [10**9, 5])  # the clock ends the run, or the step limit does
+def test_with_a_time_budget_the_progress_bar_counts_seconds_and_ends_full(tiny_model, ids, monkeypatch, max_steps):
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, initial=0, **_):
+            self.total, self.n = total, initial
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, **_):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("minigpt_lib.train.tqdm", Bar)
+    config = small_config(max_steps=max_steps, time_budget=0.3)
+    trainer = Trainer(tiny_model, ids[:2500], ids[2500:], config, device="cpu")
+    trainer.train()
+    assert bars[0].total == 0.3
+    assert bars[0].n == pytest.approx(0.3)
