@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,12 @@ def finetune_trainer(
     data = ChatData(text, max_tokens=model.block_size + 1)
     train, val = sft_batches(data, tokenizer, model.block_size, config.batch_size, **settings, stream_seed=config.seed)
     trainer = Trainer(model, train, val, config, device=device, tokenizer=tokenizer)
-    trainer.meta = {"chat": True, "stage": "sft", "data": settings}
+    trainer.meta = {"chat": True, "stage": "sft", "data": settings, "corpus_sha256": _digest(text)}
     return trainer
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def resume_finetune(path: str | Path, text: str, device: str | torch.device | None = None, **overrides: Any) -> Trainer:
@@ -169,6 +174,8 @@ def resume_finetune(path: str | Path, text: str, device: str | torch.device | No
     if manifest.get("meta", {}).get("stage") != "sft":
         raise CheckpointError(f"{path} is not a fine-tuning run; start one with `python -m minigpt_lib sft`")
     settings = manifest["meta"]["data"]
+    if manifest["meta"].get("corpus_sha256") != _digest(text):
+        raise CheckpointError(f"{path} was fine-tuned on conversations made from another text; resume with that text")
     config = TrainConfig.from_dict({**manifest["train_config"], **overrides})
     block_size = manifest["model_config"]["block_size"]
     data = ChatData(text, max_tokens=block_size + 1)
