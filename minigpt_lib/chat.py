@@ -21,7 +21,7 @@ What later chapters use:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,11 +217,13 @@ def generate_replies(
     seed: int | None = None,
     batch_size: int = 64,
     prompts: Sequence[Sequence[int]] | None = None,
+    stop_ids: Collection[int] = (),
 ) -> list[Reply]:
     """Answers to many conversations at once: prompts of equal token length run as one batch with the KV cache.
 
-    `prompts` (token ids) replaces the rendered conversations when given (few-shot prompts, say); then
-    generation stops at `<|end|>` or another role token. Greedy by default; a `seed` makes sampling repeatable.
+    An answer ends at `<|end|>` (or at one of `stop_ids`: a newline for plain-text prompts, say) and is cut
+    short at another role's token. `prompts` (token ids) replaces the rendered conversations when given
+    (few-shot prompts in plain text, say). Greedy by default; a `seed` makes sampling repeatable.
     """
     check_sampling(temperature, top_k, top_p)
     if prompts is None:
@@ -244,7 +246,7 @@ def generate_replies(
                 for r, token in enumerate(next_id[:, 0].tolist()):
                     if stopped[r]:
                         continue
-                    if token == end:
+                    if token == end or token in stop_ids:
                         stopped[r] = 1
                     elif token in others:
                         stopped[r] = 2

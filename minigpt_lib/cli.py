@@ -15,7 +15,7 @@ from .checkpoint import CheckpointError, load_checkpoint, resume_trainer, save_t
 from .data import CorpusNotFoundError, load_text
 from .presets import PRESETS, get_preset
 from .sampling import START_TEXT, check_sampling, stream_text
-from .sft import SFT_TRAIN, finetune_trainer, resume_finetune, sft_config
+from .sft import SFT_DATA, SFT_TRAIN, finetune_trainer, resume_finetune, sft_config
 from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, UnknownCharacterError, load_tokenizer
 from .train import Trainer, TrainingDivergedError
 
@@ -77,6 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--max-steps", type=int, help=f"number of steps (default {SFT_TRAIN['max_steps']})")
     sft.add_argument("--seed", type=int, help="seed of the batch order")
     sft.add_argument("--bare", action="store_true", help="arithmetic answered with the bare number, no working")
+    sft.add_argument("--conversations", type=int, help=f"training conversations (default {SFT_DATA['n_train']})")
     sft.add_argument("--eval", type=int, default=50, help="held-out prompts per family scored at the end (0: none)")
     sft.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
     sft.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
@@ -235,9 +236,8 @@ def _sft(args: argparse.Namespace) -> int:
             print("error: give --base, the pretrained checkpoint to fine-tune", file=sys.stderr)
             return 2
         model, tokenizer, _ = load_checkpoint(args.base)
-        trainer = finetune_trainer(
-            model, tokenizer, text, sft_config(**overrides), {"cot": not args.bare}, device=device
-        )
+        settings = {"cot": not args.bare, "n_train": args.conversations or SFT_DATA["n_train"]}
+        trainer = finetune_trainer(model, tokenizer, text, sft_config(**overrides), settings, device=device)
         trainer.meta["base"] = str(args.base)
     print(
         f"fine-tuning {trainer.model.num_params() / 1e6:.2f}M parameters on {trainer.device}: "

@@ -11,8 +11,8 @@ import torch
 
 from .chat import END, chat_tokenizer, check_tokenizer, render
 from .chatdata import TRAIN_WEIGHTS, ChatData, Example
-from .checkpoint import CheckpointError, finished_run, load_checkpoint, read_manifest, resume_trainer
-from .model import GPT
+from .checkpoint import CheckpointError, finished_run, read_manifest, resume_trainer
+from .model import GPT, GPTConfig
 from .tokenizers import BPETokenizer
 from .train import IGNORE_INDEX, TrainConfig, Trainer
 
@@ -184,13 +184,13 @@ def resume_finetune(path: str | Path, text: str, device: str | torch.device | No
     return resume_trainer(path, train, val, device=device, **overrides)
 
 
-def finished_sft(path: str | Path) -> dict[str, Any] | None:
-    """The manifest of `path` if it holds a finished fine-tuning run (a chat model), else None."""
+def finished_sft(path: str | Path, config: GPTConfig | None = None) -> dict[str, Any] | None:
+    """The manifest of `path` if it holds a finished fine-tuning run (a chat model, of shape `config` if given)."""
     try:
         manifest = read_manifest(path)
-        model, tokenizer, _ = load_checkpoint(path)
     except CheckpointError:
         return None
-    if manifest.get("meta", {}).get("stage") != "sft" or tokenizer is None:
+    if manifest.get("meta", {}).get("stage") != "sft" or not manifest.get("tokenizer"):
         return None
-    return finished_run(path, model.config, tokenizer)
+    config = config or GPTConfig.from_dict(manifest["model_config"])
+    return finished_run(path, config, chat_tokenizer())
