@@ -453,9 +453,15 @@ def _sft(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    created = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(args.out):
-        return _sft_run(args, text, device)
+    try:
+        with folder_lock(args.out):
+            return _sft_run(args, text, device)
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                args.out.rmdir()  # only if nothing was saved: a folder with files is never removed
 
 
 def _sft_run(args: argparse.Namespace, text: str, device: str | None) -> int:

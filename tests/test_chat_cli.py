@@ -80,7 +80,8 @@ def test_tokenizer_chat_writes_the_chat_tokenizer(tmp_path, capsys):
 
 def test_sft_never_overwrites_an_existing_checkpoint(chat_ckpt, capsys):
     assert main(["sft", "--base", str(chat_ckpt), "--out", str(chat_ckpt)]) == 2
-    assert "already holds a checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds" in err and "--overwrite" in err
 
 
 def test_sft_on_a_model_without_chat_tokens_is_a_clear_error(tmp_path, tiny_model, tokenizer, capsys):
