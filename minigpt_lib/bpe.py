@@ -59,8 +59,12 @@ def ascii_split_pattern(pattern: str) -> str | None:
 
 def split_pattern(pattern: str) -> str:
     """The regular expression for a pattern name ('gpt2', 'gpt4') or a regex given as is."""
+    if not isinstance(pattern, str):
+        raise ValueError(f"a split pattern must be a name (gpt4, gpt2) or a regex as a string, got {pattern!r}")
     if pattern in SPLIT_PATTERNS:
         return SPLIT_PATTERNS[pattern]
+    if not pattern:
+        raise ValueError("the split pattern is empty; use gpt4 (the default), gpt2, or a regex that matches text")
     if pattern.isidentifier():
         names = ", ".join(SPLIT_PATTERNS)
         raise ValueError(f"unknown split pattern {pattern!r}; choose one of {names} or give a regular expression")
@@ -69,6 +73,41 @@ def split_pattern(pattern: str) -> str:
     except regex.error as err:
         raise ValueError(f"the split pattern {pattern!r} is not a valid regular expression: {err}") from err
     return pattern
+
+
+def pattern_timeout(text: str) -> float:
+    """Seconds a regex of the user's own may take to split `text`: 1 s plus 10 s per million characters."""
+    return 1.0 + 1e-5 * len(text)
+
+
+def split_text(pattern: str | regex.Pattern, text: str) -> list[str]:
+    """The chunks of `text`: the matches of the split `pattern`, in order, and the text between them.
+
+    The GPT-2 and GPT-4 patterns match every character. A regex of your own may not (`[a-z]+` skips
+    capitals and spaces): what it does not match becomes chunks of its own, so no text is ever dropped.
+    It also runs under a time limit (`pattern_timeout`), so a regex that backtracks catastrophically is
+    an error instead of a hang.
+    """
+    compiled = regex.compile(pattern) if isinstance(pattern, str) else pattern
+    if compiled.pattern in SPLIT_PATTERNS.values():
+        return compiled.findall(text)
+    limit = pattern_timeout(text)
+    chunks, end = [], 0
+    try:
+        for match in compiled.finditer(text, timeout=limit):
+            if match.start() > end:
+                chunks.append(text[end : match.start()])
+            if match.end() > match.start():
+                chunks.append(match.group())
+            end = max(end, match.end())
+    except TimeoutError:
+        raise ValueError(
+            f"the split pattern {compiled.pattern!r} took more than {limit:.0f} s on {len(text):,} characters "
+            "(it probably backtracks catastrophically); use gpt4, gpt2 or a simpler regex"
+        ) from None
+    if end < len(text):
+        chunks.append(text[end:])
+    return chunks
 
 
 def pair_counts(ids: Iterable[int], counts: dict[Pair, int] | None = None, weight: int = 1) -> dict[Pair, int]:
@@ -116,7 +155,7 @@ def train_merges(
     """
     if num_merges < 0:
         raise ValueError(f"num_merges must be >= 0, got {num_merges}")
-    chunks = Counter(regex.findall(split_pattern(pattern), text))
+    chunks = Counter(split_text(split_pattern(pattern), text))
     words = [list(chunk.encode("utf-8")) for chunk in chunks]
     freqs = list(chunks.values())
     counts: dict[Pair, int] = defaultdict(int)

@@ -1,56 +1,160 @@
-"""Checkpoints: safetensors for tensors, JSON for everything else; written atomically, never pickled."""
+"""Checkpoints: safetensors for tensors, JSON for everything else; never pickled, and loadable at every instant.
+
+A checkpoint folder holds a manifest, `checkpoint.json`, and the tensor files it names: the n-th save
+writes `model-<n>.safetensors` (and `training-<n>.safetensors`) beside the previous save's files,
+then replaces the manifest in one atomic rename, then deletes the previous save's files. Whenever a
+save is interrupted (Ctrl-C, a kill, a full disk, a power cut), the manifest names complete files:
+the folder holds the new checkpoint or the previous one, never neither. Nothing else in the folder
+is ever touched, and a lock keeps two processes from writing into the same folder at once.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
+import re
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file, save_model
 
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, param_count_formula
 from .tokenizers import CharTokenizer, tokenizer_from_dict
 from .train import TrainConfig, Trainer
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; saves are still atomic
+    fcntl = None  # type: ignore[assignment]
+
 FORMAT = "minigpt-checkpoint"
-VERSION = 1
+VERSION = 2  # version 1 (fixed file names, written by swapping whole folders) is still read
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "checkpoint.json"
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = "model.safetensors"  # the file names of version 1
 TRAINING_FILE = "training.safetensors"
+LOCK_FILE = ".checkpoint.lock"
+VERSIONED = re.compile(r"(model|training)-[0-9]+\.safetensors")
+TEMPORARY = re.compile(r"((model|training)-[0-9]+\.safetensors|checkpoint\.json)\.tmp")
+MAX_PARAMS = 2**31  # 8 GB of float32 weights: far above any model of the course
+MAX_LAYERS = 1000
+MAX_MANIFEST_BYTES = 256 * 2**20
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, corrupted or of an unknown format."""
+    """A checkpoint is missing, truncated, corrupted, of an unknown format, or cannot be written."""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+class FolderInUseError(CheckpointError):
+    """Another process holds the lock on a checkpoint folder."""
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    """Call write(tmp_dir), then swap tmp_dir into place so `path` is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def is_checkpoint_file(name: str) -> bool:
+    """Whether a file name in a checkpoint folder belongs to the checkpoint (the only names a save touches)."""
+    return (
+        name in (MANIFEST, LOCK_FILE, MODEL_FILE, TRAINING_FILE)
+        or VERSIONED.fullmatch(name) is not None
+        or TEMPORARY.fullmatch(name) is not None
+    )
+
+
+def other_files(path: str | Path) -> list[str]:
+    """Names of the entries of folder `path` that are not the checkpoint's own files, sorted."""
+    return sorted(entry.name for entry in Path(path).iterdir() if not is_checkpoint_file(entry.name))
+
+
+# --- the lock ---------------------------------------------------------------------------------
+
+_held: dict[str, list[int]] = {}  # real path of a folder -> [lock file descriptor, nesting depth]
+
+
+def _acquire(folder: Path) -> int:
+    lock = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot write to {folder} ({err.strerror}); choose a folder you can write to"
+            ) from None
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise FolderInUseError(
+                f"{folder} is in use by {who}, which is writing a checkpoint there (lock file {lock}); "
+                "wait for it to finish or stop it, or choose another folder"
+            ) from None
+        except OSError:  # a file system without locks: go on unlocked
+            return fd
+        try:
+            current = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:  # not a lock file that its last holder deleted while we waited for it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | Path) -> Iterator[None]:
+    """Hold the lock of checkpoint folder `path` (which must exist); re-entrant within a process.
+
+    Another process holding it is a FolderInUseError that names its PID; a folder that cannot be
+    written to is a CheckpointError. The lock file is removed on release.
+    """
+    key = os.path.realpath(path)
+    if key in _held:
+        _held[key][1] += 1
+    else:
+        _held[key] = [_acquire(Path(path)), 1]
     try:
-        write(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
+        yield
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        _held[key][1] -= 1
+        if _held[key][1] == 0:
+            fd = _held.pop(key)[0]
+            with contextlib.suppress(OSError):
+                os.unlink(Path(path) / LOCK_FILE)
+            os.close(fd)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_folder(path: Path) -> None:
+    """Make the renames in folder `path` durable (where the platform allows it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: Path) -> bytes:
+    """Flush a written file to disk and return its bytes."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+        handle.seek(0)
+        return handle.read()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -71,37 +175,140 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], param_groups: list[dict])
     return {"state": state, "param_groups": param_groups}
 
 
+def _check_folder(path: Path) -> None:
+    if path.is_symlink() and not path.is_dir():
+        raise CheckpointError(f"{path} is a symbolic link to no folder; give a folder for the checkpoint")
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a folder; give a folder for the checkpoint")
+
+
+def _non_finite(model: torch.nn.Module) -> list[str]:
+    return [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def _current_manifest(path: Path) -> dict[str, Any] | None:
+    """The folder's manifest as JSON if it can be parsed (its files unchecked), else None."""
+    try:
+        data = json.loads(_read_regular(path / MANIFEST, MAX_MANIFEST_BYTES))
+    except (OSError, CheckpointError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _named_files(manifest: dict[str, Any] | None) -> set[str]:
+    """The checkpoint files a parsed manifest names (only names a save may create, whatever it says)."""
+    if manifest is None:
+        return set()
+    files = manifest.get("files")
+    names = set(files.values()) if isinstance(files, dict) else set()
+    if manifest.get("version") == 1 and isinstance(manifest.get("sha256"), dict):
+        names |= set(manifest["sha256"]) & {MODEL_FILE, TRAINING_FILE}
+    return {n for n in names if isinstance(n, str) and (VERSIONED.fullmatch(n) or n in (MODEL_FILE, TRAINING_FILE))}
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if not path.is_dir() or path.is_symlink():
+            path.unlink()
+
+
+def _remove_leftovers(path: Path, keep: set[str], manifest_readable: bool) -> None:
+    """Delete what interrupted saves left: temporary files, and versioned files no manifest names."""
+    for entry in path.iterdir():
+        if TEMPORARY.fullmatch(entry.name) or (
+            manifest_readable and VERSIONED.fullmatch(entry.name) and entry.name not in keep
+        ):
+            _remove(entry)
+
+
 def save_checkpoint(
     path: str | Path,
     model: GPT,
     tokenizer: CharTokenizer | None = None,
     trainer: Trainer | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `model` (and its tokenizer, and a trainer's full state for resuming) to folder `path`."""
-    path = Path(path)
+    """Write `model` (and its tokenizer, and a trainer's full state for resuming) to folder `path`.
 
-    def write(folder: Path) -> None:
-        save_model(model, str(folder / MODEL_FILE))
+    `meta` (default: the trainer's) says what the run is, e.g. {"chat": True} for a chat model.
+    The previous checkpoint in `path` stays loadable until the new one is complete; other files in
+    the folder are left alone. A model with NaN or infinite weights is not saved (CheckpointError).
+    """
+    meta = meta if meta is not None else getattr(trainer, "meta", None)
+    path = Path(path)
+    bad = _non_finite(model)
+    if bad:
+        raise CheckpointError(
+            f"not saving to {path}: the model's weights hold NaN or infinite values ({', '.join(bad[:3])}); "
+            "training diverged. The last good checkpoint there is kept."
+        )
+    _check_folder(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with folder_lock(path):
+        old = _current_manifest(path)
+        old_files = _named_files(old)
+        manifest_readable = old is not None or not (path / MANIFEST).exists()
+        _remove_leftovers(path, old_files, manifest_readable)
+        numbers = [int(n.split("-")[1].split(".")[0]) for n in os.listdir(path) if VERSIONED.fullmatch(n)]
+        generation = max([0, *numbers]) + 1
+        old_generation = old.get("generation") if old is not None else None
+        if isinstance(old_generation, int) and not isinstance(old_generation, bool):
+            generation = max(generation, old_generation + 1)
+        files = {"model": f"model-{generation}.safetensors"}
+        if trainer is not None:
+            files["training"] = f"training-{generation}.safetensors"
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
+            "generation": generation,
+            "files": files,
             "model_config": model.config.to_dict(),
+            "model_class": type(model).__name__,
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
         }
-        if trainer is not None:
-            tensors, groups = _optimizer_tensors(trainer.optimizer)
-            tensors["rng.torch"] = torch.get_rng_state()
-            tensors["rng.sampler"] = trainer.sampler.get_state()
-            if torch.cuda.is_available():
-                tensors["rng.cuda"] = torch.cuda.get_rng_state()
-            save_file(tensors, str(folder / TRAINING_FILE))
-            manifest["train_config"] = trainer.config.to_dict()
-            manifest["train_state"] = trainer.state()
-            manifest["optimizer_param_groups"] = groups
-        manifest["sha256"] = {f.name: _sha256(f) for f in sorted(folder.iterdir())}
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-
-    _write_atomically(path, write)
+        if meta:
+            manifest["meta"] = meta
+        written: list[Path] = []
+        committed = False
+        try:
+            staged = path / (files["model"] + ".tmp")
+            written.append(staged)
+            save_model(model, str(staged))
+            if trainer is not None:
+                tensors, groups = _optimizer_tensors(trainer.optimizer)
+                tensors["rng.torch"] = torch.get_rng_state()
+                tensors["rng.sampler"] = trainer.sampler.get_state()
+                if torch.cuda.is_available():
+                    tensors["rng.cuda"] = torch.cuda.get_rng_state()
+                staged = path / (files["training"] + ".tmp")
+                written.append(staged)
+                save_file(tensors, str(staged))
+                manifest["train_config"] = trainer.config.to_dict()
+                manifest["train_state"] = trainer.state()
+                manifest["optimizer_param_groups"] = groups
+            manifest["sha256"] = {}
+            for name in files.values():
+                manifest["sha256"][name] = _sha256(_fsync_file(path / (name + ".tmp")))
+                written.append(path / name)
+                os.replace(path / (name + ".tmp"), path / name)
+            staged = path / (MANIFEST + ".tmp")
+            written.append(staged)
+            staged.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            _fsync_file(staged)
+            _fsync_folder(path)  # the tensor files are in place before the manifest names them
+            os.replace(staged, path / MANIFEST)  # the commit: from here on the new checkpoint is the one
+            committed = True
+            _fsync_folder(path)
+        finally:
+            if not committed:
+                for file in written:
+                    _remove(file)
+        for name in old_files - set(files.values()):
+            _remove(path / name)
     return path
 
 
@@ -110,32 +317,169 @@ def save_trainer(trainer: Trainer, path: str | Path) -> Path:
     return save_checkpoint(path, trainer.model, trainer.tokenizer, trainer)
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read and verify a checkpoint folder's manifest and the checksums of its files."""
-    path = Path(path)
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _read_regular(file: Path, limit: int) -> bytes:
+    """The bytes of `file`, which must be a regular file (not a link, pipe or device) of at most `limit` bytes."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(file, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as err:
+        kind = "a symbolic link" if file.is_symlink() else err.strerror
+        raise CheckpointError(f"cannot read {file} ({kind}); a checkpoint holds plain files only") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{file} is not a regular file (but a folder, pipe or device)")
+        if info.st_size > limit:
+            raise CheckpointError(
+                f"{file} is {info.st_size:,} bytes, more than the {limit:,} its manifest allows; "
+                "the checkpoint is damaged or was not written by this library"
+            )
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise CheckpointError(f"{file} is larger than the {limit:,} bytes its manifest allows")
+    return data
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _validate(manifest: Any, manifest_path: Path) -> dict[str, str]:
+    """Check every field of a parsed manifest; returns the files it names (role -> file name)."""
+
+    def fail(problem: str) -> CheckpointError:
+        return CheckpointError(
+            f"{manifest_path} is damaged: {problem}. Retrain, or restore a copy of the checkpoint folder"
+        )
+
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{manifest_path} is not a {FORMAT} manifest")
+    version = manifest.get("version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise CheckpointError(
+            f"checkpoint version {version!r} is not supported (this library reads {READABLE_VERSIONS}); "
+            "update minigpt_lib or retrain"
+        )
+    if not isinstance(manifest.get("model_config"), dict):
+        raise fail("model_config is missing or not an object")
+    if not isinstance(manifest.get("model_class", ""), str) or not isinstance(manifest.get("meta", {}), dict):
+        raise fail("model_class must be a string and meta an object")
+    try:
+        config = GPTConfig.from_dict(manifest["model_config"])
+    except (ValueError, TypeError) as err:
+        raise fail(f"model_config is invalid ({err})") from None
+    if config.n_layer > MAX_LAYERS:
+        raise fail(f"model_config has n_layer={config.n_layer}, more than the {MAX_LAYERS} this library loads")
+    n_params = param_count_formula(config)
+    if n_params > MAX_PARAMS:
+        raise fail(f"model_config describes {n_params:,} parameters, more than the {MAX_PARAMS:,} this library loads")
+    tokenizer = manifest.get("tokenizer")
+    if tokenizer is not None:
+        if not isinstance(tokenizer, dict):
+            raise fail("tokenizer is not an object")
+        try:
+            vocab_size = tokenizer_from_dict(tokenizer).vocab_size
+        except (ValueError, TypeError) as err:
+            raise fail(f"its tokenizer is invalid ({err})") from None
+        if vocab_size > config.vocab_size:
+            raise fail(f"its tokenizer has {vocab_size} tokens, more than the model's {config.vocab_size}")
+    training = "train_state" in manifest
+    if training:
+        state = manifest["train_state"]
+        if not isinstance(manifest.get("train_config"), dict):
+            raise fail("train_config is missing or not an object")
+        if not (
+            isinstance(state, dict)
+            and _is_count(state.get("step"))
+            and isinstance(state.get("elapsed"), (int, float))
+            and isinstance(state.get("history"), dict)
+            and all(isinstance(values, list) for values in state["history"].values())
+            and isinstance(state.get("evals"), list)
+            and all(isinstance(e, dict) for e in state["evals"])
+        ):
+            raise fail("train_state is missing a field or has one of the wrong type")
+        groups = manifest.get("optimizer_param_groups")
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise fail("optimizer_param_groups is missing or not a list of objects")
+    if version == 1:
+        files = {"model": MODEL_FILE, **({"training": TRAINING_FILE} if training else {})}
+    else:
+        files = manifest.get("files")
+        roles = {"model", "training"} if training else {"model"}
+        if not isinstance(files, dict) or set(files) != roles:
+            raise fail(f"files must name the {' and '.join(sorted(roles))} files")
+        for name in files.values():
+            if not isinstance(name, str) or not VERSIONED.fullmatch(name):
+                raise fail(f"file name {name!r} is not one a checkpoint uses (model-<n>.safetensors)")
+    digests = manifest.get("sha256")
+    if not isinstance(digests, dict) or not all(
+        isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d) for d in digests.values()
+    ):
+        raise fail("sha256 is missing or is not an object of hex digests")
+    if set(digests) != set(files.values()):
+        raise fail(f"sha256 must hold the checksums of {sorted(files.values())} only, not of {sorted(digests)}")
+    return files
+
+
+def _read_once(path: Path) -> tuple[dict[str, Any], dict[str, bytes], bytes]:
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
+    try:
+        raw = _read_regular(manifest_path, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
         raise CheckpointError(
             f"{path} is not a checkpoint folder (no {MANIFEST}); pass the folder written by "
             "`save_checkpoint` or `python -m minigpt_lib train --out DIR`"
-        )
+        ) from None
+    except NotADirectoryError:
+        raise CheckpointError(f"{path} is a file, not a checkpoint folder") from None
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(raw.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{manifest_path} is corrupted or truncated ({err}); retrain or restore a copy") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{manifest_path} is not a {FORMAT} manifest")
-    if manifest.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint version {manifest.get('version')} is not supported (expected {VERSION})")
-    for name, digest in manifest.get("sha256", {}).items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {path} is missing {name}")
-        if _sha256(file) != digest:
+    files = _validate(manifest, manifest_path)
+    n_params = param_count_formula(GPTConfig.from_dict(manifest["model_config"]))
+    # float64 at most, twice the GPT's parameters (room for extra heads), plus headers
+    limits = {"model": 16 * n_params + 2**26, "training": 48 * n_params + 2**26}
+    blobs = {}
+    for role, name in files.items():
+        try:
+            data = _read_regular(path / name, limits[role])
+        except FileNotFoundError:
+            blobs[role] = None
+            continue
+        if _sha256(data) != manifest["sha256"][name]:
             raise CheckpointError(
-                f"{file} is corrupted or truncated (its sha256 does not match the manifest); retrain or restore a copy"
+                f"{path / name} is corrupted or truncated (its sha256 does not match the manifest); "
+                "retrain or restore a copy"
             )
-    return manifest
+        blobs[role] = data
+    return manifest, blobs, raw
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The verified manifest and the bytes of the files it names (read again if a save replaced them meanwhile)."""
+    path = Path(path)
+    for _ in range(3):
+        manifest, blobs, raw = _read_once(path)
+        missing = [role for role, data in blobs.items() if data is None]
+        if not missing:
+            return manifest, blobs
+        with contextlib.suppress(OSError, CheckpointError):
+            if _read_regular(path / MANIFEST, MAX_MANIFEST_BYTES) != raw:
+                continue  # a save committed a new checkpoint while we read: read that one
+        break
+    name = _validate(manifest, path / MANIFEST)[missing[0]]
+    raise CheckpointError(f"checkpoint {path} is missing {name}")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and verify a checkpoint folder's manifest, its fields and the checksums of its files."""
+    return _read(path)[0]
 
 
 def finished_run(path: str | Path, config: GPTConfig, tokenizer: Any) -> dict[str, Any] | None:
@@ -151,29 +495,76 @@ def finished_run(path: str | Path, config: GPTConfig, tokenizer: Any) -> dict[st
     state = manifest.get("train_state")
     if state is None or manifest.get("tokenizer") is None:
         return None
-    trained = TrainConfig.from_dict(manifest["train_config"])
+    try:
+        trained = TrainConfig.from_dict(manifest["train_config"])
+    except (ValueError, TypeError):
+        return None
     done = state["step"] >= trained.max_steps or (trained.time_budget or float("inf")) <= state["elapsed"]
     same = manifest["model_config"] == config.to_dict() and tokenizer_from_dict(manifest["tokenizer"]) == tokenizer
     return manifest if done and same else None
 
 
-def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[GPT, CharTokenizer | None, dict[str, Any]]:
-    """Load a model (and its tokenizer) from a checkpoint folder; returns (model, tokenizer, manifest)."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    model = GPT(GPTConfig.from_dict(manifest["model_config"]))
+def _model_from(manifest: dict[str, Any], data: bytes, file: Path, model_class: type[torch.nn.Module]) -> GPT:
+    saved_class = manifest.get("model_class", GPT.__name__)
+    if saved_class != model_class.__name__:
+        raise CheckpointError(f"{file.parent} holds a {saved_class}, not a {model_class.__name__}; load it as such")
+    model = model_class(GPTConfig.from_dict(manifest["model_config"]))
     try:
-        missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"could not read the weights in {path / MODEL_FILE}: {err}") from err
+        state = load_tensors(data)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (SafetensorError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"could not read the weights in {file}: {err}") from err
+    params = model.state_dict()
+    loaded = {params[name].data_ptr() for name in state if name in params}
+    missing = [name for name in missing if params[name].data_ptr() not in loaded]  # tied weights are saved once
     if missing or unexpected:
         raise CheckpointError(
             f"weights do not fit the config: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
+    bad = _non_finite(model)
+    if bad:
+        raise CheckpointError(
+            f"the weights in {file} hold NaN or infinite values ({', '.join(bad[:3])}): the run diverged "
+            "before this save; retrain with a lower learning rate"
+        )
+    return model
+
+
+def _load(
+    path: Path, model_class: type[torch.nn.Module] = GPT
+) -> tuple[GPT, CharTokenizer | None, dict[str, Any], dict[str, bytes]]:
+    manifest, blobs = _read(path)
+    model = _model_from(manifest, blobs["model"], path / _validate(manifest, path / MANIFEST)["model"], model_class)
     tokenizer = tokenizer_from_dict(manifest["tokenizer"]) if manifest.get("tokenizer") else None
+    return model, tokenizer, manifest, blobs
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", model_class: type[torch.nn.Module] = GPT
+) -> tuple[GPT, CharTokenizer | None, dict[str, Any]]:
+    """Load a model (and its tokenizer) from a checkpoint folder; returns (model, tokenizer, manifest).
+
+    `model_class` is built from the GPTConfig in the manifest: GPT, or a model around one (a reward model).
+    """
+    model, tokenizer, manifest, _ = _load(Path(path), model_class)
     return model.to(device), tokenizer, manifest
+
+
+def _restore(path: Path, trainer: Any, manifest: dict[str, Any], blobs: dict[str, bytes]) -> Any:
+    if "train_state" not in manifest:
+        raise CheckpointError(f"{path} holds a model only (no training state), so training cannot resume from it")
+    try:
+        tensors = load_tensors(blobs["training"])
+        trainer.optimizer.load_state_dict(_optimizer_state(tensors, manifest["optimizer_param_groups"]))
+        trainer.sampler.set_state(tensors["rng.sampler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        trainer.load_state(manifest["train_state"])
+    except (SafetensorError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{path / MANIFEST} is damaged: could not restore the training state ({err!r})") from err
+    trainer.meta = dict(manifest.get("meta", {}))
+    return trainer
 
 
 def resume_trainer(
@@ -185,19 +576,24 @@ def resume_trainer(
 ) -> Trainer:
     """Rebuild a trainer from a checkpoint written by `save_trainer`, ready to continue."""
     path = Path(path)
-    model, tokenizer, manifest = load_checkpoint(path)
+    model, tokenizer, manifest, blobs = _load(path)
     if "train_state" not in manifest:
         raise CheckpointError(f"{path} holds a model only (no training state), so training cannot resume from it")
-    config_dict = dict(manifest["train_config"], **config_overrides)
-    trainer = Trainer(model, train_ids, val_ids, TrainConfig.from_dict(config_dict), device=device, tokenizer=tokenizer)
     try:
-        tensors = load_file(str(path / TRAINING_FILE))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"could not read {path / TRAINING_FILE}: {err}") from err
-    trainer.optimizer.load_state_dict(_optimizer_state(tensors, manifest["optimizer_param_groups"]))
-    trainer.sampler.set_state(tensors["rng.sampler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    trainer.load_state(manifest["train_state"])
-    return trainer
+        config = TrainConfig.from_dict(dict(manifest["train_config"], **config_overrides))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path / MANIFEST} is damaged, or an override invalid: train_config: {err}") from None
+    trainer = Trainer(model, train_ids, val_ids, config, device=device, tokenizer=tokenizer)
+    return _restore(path, trainer, manifest, blobs)
+
+
+def restore_training(path: str | Path, trainer: Any, manifest: dict[str, Any] | None = None) -> Any:
+    """Put the optimiser, random states and progress saved in checkpoint `path` into `trainer` (built on its model).
+
+    `manifest`, if given, is the one read before building the trainer: a checkpoint saved since is an error.
+    """
+    path = Path(path)
+    current, blobs = _read(path)
+    if manifest is not None and manifest.get("generation") != current.get("generation"):
+        raise CheckpointError(f"the checkpoint in {path} changed while the run was being resumed; resume again")
+    return _restore(path, trainer, current, blobs)

@@ -3,18 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from .checkpoint import CheckpointError, load_checkpoint, resume_trainer, save_trainer
+from .checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    folder_lock,
+    load_checkpoint,
+    other_files,
+    read_manifest,
+    resume_trainer,
+    save_trainer,
+)
 from .data import CorpusNotFoundError, load_text
-from .presets import PRESETS, get_preset
+from .device import pick_device
+from .presets import PRESETS, Preset, get_preset
 from .sampling import START_TEXT, check_sampling, stream_text
 from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, UnknownCharacterError, load_tokenizer
 from .train import Trainer, TrainingDivergedError
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -22,20 +58,29 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a GPT on Tiny Shakespeare or your own text")
-    train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="recipe to use (default: cpu)")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="recipe (default: cpu; with --resume: the run's)")
     train.add_argument("--data", type=Path, help="UTF-8 text file to train on (default: Tiny Shakespeare)")
     train.add_argument(
         "--tokenizer", type=Path, help="tokenizer file from `tokenizer train` (default: one token per character)"
     )
     train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<preset>)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    train.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
-    train.add_argument("--max-steps", type=int, help="override the preset's number of steps")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out by a new one (other files there are kept)"
+    )
+    train.add_argument(
+        "--time-budget", type=_seconds, help="stop after this many seconds of training (with --resume: this many more)"
+    )
+    train.add_argument("--max-steps", type=_positive_int, help="override the preset's number of steps (in all)")
     train.add_argument("--seed", type=int, help="override the preset's seed")
     train.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
-    train.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    train.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="use torch.compile")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--batch-size", type=int, help="override the preset's batch size (per process with --parallel)")
+    train.add_argument(
+        "--parallel", choices=("ddp", "fsdp"), help="data-parallel over the processes of `torchrun --nproc_per_node=N`"
+    )
 
     sample = sub.add_parser("sample", help="generate text from a trained checkpoint")
     sample.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder written by `train`")
@@ -59,10 +104,31 @@ def _build_parser() -> argparse.ArgumentParser:
     bpe.add_argument("--data", type=Path, help="UTF-8 text file to learn from (default: Tiny Shakespeare)")
     bpe.add_argument("--vocab-size", type=int, required=True, help="tokens in all: 256 bytes + merges + specials")
     bpe.add_argument("--out", type=Path, required=True, help="JSON file to write the tokenizer to")
+    bpe.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if it is not a tokenizer file (one is replaced)"
+    )
     bpe.add_argument("--pattern", default="gpt4", help="pre-split regex: gpt4 (default), gpt2, or a regex of your own")
     bpe.add_argument("--special", action="append", default=[], metavar="NAME", help="a special token (repeatable)")
     bpe.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    gpt2 = sub.add_parser("import-gpt2", help="turn a Hugging Face GPT-2 folder into a checkpoint of ours")
+    gpt2.add_argument("--from", dest="source", type=Path, required=True, help="Hugging Face GPT-2 folder")
+    gpt2.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (must not exist yet)")
     return parser
+
+
+def _train_parallel(args: argparse.Namespace) -> int:
+    """`train` on every process of torchrun; rank 0 alone prints, shows progress and writes checkpoints."""
+    from . import distributed
+
+    rank, _, device = distributed.setup()
+    args.device = str(device)
+    args.quiet = args.quiet or rank > 0
+    try:
+        with contextlib.redirect_stdout(sys.stdout if rank == 0 else io.StringIO()):
+            return _train(args)
+    finally:
+        distributed.teardown()
 
 
 def _encode_split(tokenizer: Tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,36 +137,117 @@ def _encode_split(tokenizer: Tokenizer, text: str) -> tuple[torch.Tensor, torch.
     return tokenizer.encode_tensor(text[:n]), tokenizer.encode_tensor(text[n:])
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _out_problem(out: Path, resume: bool, overwrite: bool) -> str | None:
+    """Why `out` cannot take this run (None if it can): nothing the user did not ask for is ever replaced."""
+    if out.is_symlink():
+        return f"--out {out} is a symbolic link; give the folder it points to, or a new folder"
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder; give a new folder (or one that holds a run)"
+    has_run = (out / MANIFEST).exists()
+    if resume and not has_run:
+        # Versions before checkpoint format 2 swapped whole folders; a kill mid-swap left the run in .NAME.old-PID.
+        moved = [p for p in out.parent.glob(f".{out.name}.old-*") if (p / MANIFEST).is_file()]
+        if moved:
+            return f"{out} holds no checkpoint, but an interrupted save left it in {moved[0]}; move it to {out}"
+        return f"--resume given but {out} holds no checkpoint; drop --resume to start afresh"
+    if resume:
+        return None
+    if has_run and not overwrite:
+        try:
+            state = read_manifest(out).get("train_state") or {}
+            what = f"a training run (step {state.get('step', '?')})"
+        except CheckpointError:
+            what = "a checkpoint (damaged)"
+        return (
+            f"{out} already holds {what}; add --resume to continue it, or --overwrite to replace it by a new run "
+            "(other files in the folder are kept), or choose another --out"
+        )
+    if out.is_dir() and not has_run and other_files(out):
+        listed = ", ".join(other_files(out)[:3]) + (", ..." if len(other_files(out)) > 3 else "")
+        return f"{out} is not empty ({listed}) and holds no checkpoint; choose a new folder for --out (nothing written)"
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
-    preset = get_preset(args.preset)
-    out = args.out or Path("runs") / args.preset
+    if args.resume and args.overwrite:
+        print("error: give --resume (continue the run) or --overwrite (start a new one), not both", file=sys.stderr)
+        return 2
+    preset = get_preset(args.preset or "cpu")
+    out = args.out or Path("runs") / (args.preset or "cpu")
+    device = pick_device(None if args.device == "auto" else args.device)
+    problem = _out_problem(out, args.resume, args.overwrite)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    text = load_text(args.data)
+    tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
     if args.threads or preset.threads:
         torch.set_num_threads(args.threads or preset.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    text = load_text(args.data)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot create the folder {out} ({err.strerror}); choose one you can write to", file=sys.stderr)
+        return 2
+    try:
+        # Under torchrun only rank 0 writes, so only rank 0 takes the folder's lock.
+        lock = folder_lock(out) if _rank() == 0 else contextlib.nullcontext()
+        with lock:  # checks that the folder is writable, before any training
+            problem = _out_problem(out, args.resume, args.overwrite)  # again, now that no one else can write there
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                return 2
+            return _run(args, preset, out, device, text, tokenizer)
+    finally:
+        if created:
+            try:
+                out.rmdir()  # only if nothing was saved: a folder with files is never removed
+            except OSError:
+                pass
+
+
+def _run(
+    args: argparse.Namespace, preset: Preset, out: Path, device: torch.device, text: str, tokenizer: Tokenizer | None
+) -> int:
+    """Build or resume the trainer, train, and save into the locked folder `out`."""
     # A time budget alone trains until the clock runs out (the preset's step count no longer applies).
-    max_steps = args.max_steps or (10**9 if args.time_budget else None)
+    max_steps = args.max_steps if args.max_steps is not None else (10**9 if args.time_budget else None)
     overrides = dict(max_steps=max_steps, seed=args.seed, time_budget=args.time_budget, compile=args.compile)
-    device = None if args.device == "auto" else args.device
+    overrides["batch_size"] = args.batch_size
     if args.resume:
-        if not (out / "checkpoint.json").is_file():
-            print(
-                f"error: --resume given but {out} holds no checkpoint; drop --resume to start afresh", file=sys.stderr
-            )
+        _, saved_tokenizer, manifest = load_checkpoint(out)
+        if saved_tokenizer is None or "train_state" not in manifest:
+            print(f"error: {out} holds a model without tokenizer or training state; it cannot resume", file=sys.stderr)
             return 2
-        probe, tokenizer, _ = load_checkpoint(out)
-        del probe
-        if args.tokenizer is not None and load_tokenizer(args.tokenizer) != tokenizer:
+        if tokenizer is not None and tokenizer != saved_tokenizer:
             print(f"error: {args.tokenizer} is not the tokenizer the run in {out} was trained with", file=sys.stderr)
             return 2
+        if args.preset and preset.model_config(saved_tokenizer.vocab_size).to_dict() != manifest["model_config"]:
+            print(
+                f"error: the run in {out} was not trained with --preset {args.preset} (its model has another shape); "
+                "drop --preset to continue it with its own settings",
+                file=sys.stderr,
+            )
+            return 2
+        tokenizer = saved_tokenizer
+        if args.time_budget:  # seconds more, on top of the time the run has already trained
+            overrides["time_budget"] = manifest["train_state"]["elapsed"] + args.time_budget
         train_ids, val_ids = _encode_split(tokenizer, text)
         trainer = resume_trainer(
             out, train_ids, val_ids, device=device, **{k: v for k, v in overrides.items() if v is not None}
         )
-        print(f"resuming {out} at step {trainer.step}")
+        print(f"resuming {out} at step {trainer.step} with the run's own settings")
     else:
-        tokenizer = CharTokenizer.from_text(text) if args.tokenizer is None else load_tokenizer(args.tokenizer)
+        tokenizer = CharTokenizer.from_text(text) if tokenizer is None else tokenizer
         train_ids, val_ids = _encode_split(tokenizer, text)
         torch.manual_seed(preset.train_config(**overrides).seed)
         from .model import GPT
@@ -109,32 +256,68 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(
             model, train_ids, val_ids, preset.train_config(**overrides), device=device, tokenizer=tokenizer
         )
+    write = lambda t: save_trainer(t, out)
+    if args.parallel:
+        from . import distributed
+
+        distributed.parallelize(trainer, args.parallel)
+        write = lambda t: distributed.save(t, out, args.parallel)
     n_params = trainer.model.num_params()
     print(
-        f"preset {args.preset}: {n_params / 1e6:.2f}M parameters on {trainer.device}, "
+        f"preset {args.preset or 'cpu'}: {n_params / 1e6:.2f}M parameters on {trainer.device}, "
         f"{len(train_ids):,} training tokens, vocabulary {tokenizer.vocab_size}"
     )
+    first_step = trainer.step
+    saved = [trainer.step if args.resume else None]  # step of the checkpoint in `out`
+
+    def save(t: Trainer) -> None:
+        try:
+            write(t)
+        except (OSError, SafetensorError) as err:
+            kept = "nothing was saved yet" if saved[0] is None else f"the checkpoint of step {saved[0]} is intact"
+            raise CheckpointError(f"could not write the checkpoint to {out} ({err}); {kept}") from err
+        saved[0] = t.step
+
+    def kept() -> str:
+        return f"{out} keeps the checkpoint of step {saved[0]}" if saved[0] is not None else "nothing was saved"
+
     start = time.perf_counter()
     try:
-        trainer.train(progress_bar=not args.quiet, on_eval=lambda t: save_trainer(t, out))
+        trainer.train(progress_bar=not args.quiet, on_eval=save)
     except KeyboardInterrupt:
-        save_trainer(trainer, out)
-        print(f"\ninterrupted at step {trainer.step}; saved to {out}; continue with --resume", file=sys.stderr)
+        print("\ninterrupted: saving (Ctrl-C again stops without saving)", file=sys.stderr)
+        try:
+            save(trainer)
+        except KeyboardInterrupt:
+            print(f"interrupted again: not saved; {kept()}", file=sys.stderr)
+            return 130
+        print(f"interrupted at step {trainer.step}; saved to {out}; continue with --resume", file=sys.stderr)
         return 130
+    except TrainingDivergedError as err:
+        print(f"error: {err}\nNothing non-finite was saved: {kept()}.", file=sys.stderr)
+        return 2
     wall = time.perf_counter() - start
-    save_trainer(trainer, out)
+    save(trainer)
+    if args.parallel:
+        distributed.print_memory(trainer)
     val_loss = trainer.evaluate()
-    tokens = trainer.step * trainer.config.batch_size * trainer.block_size
-    print(f"trained {trainer.step} steps in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tokens/s); saved to {out}")
+    steps = trainer.step - first_step
+    tokens = steps * trainer.config.batch_size * trainer.block_size * getattr(trainer.sampler, "world_size", 1)
+    this_run = f" ({steps} in this session)" if args.resume else ""
+    print(
+        f"trained {trainer.step} steps{this_run} in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tokens/s); "
+        f"saved to {out}"
+    )
     print(f"val_loss={val_loss:.4f}")
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
-    device = torch.device("cpu") if args.device == "auto" and not torch.cuda.is_available() else None
-    model, tokenizer, _ = load_checkpoint(
-        args.ckpt, device=device or ("cuda" if args.device == "auto" else args.device)
-    )
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = pick_device(args.device)
+    model, tokenizer, _ = load_checkpoint(args.ckpt, device=device)
     if tokenizer is None:
         print(f"error: {args.ckpt} has no tokenizer, so text cannot be encoded", file=sys.stderr)
         return 2
@@ -152,27 +335,71 @@ def _sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         use_cache=args.use_cache,
     )
+    generated: list[str] = []
     if args.stream:
         print(prompt, end="", flush=True)
+    try:
         for piece in pieces:
-            print(piece, end="", flush=True)
-        print()
-    else:
-        print(prompt + "".join(pieces))
+            generated.append(piece)
+            if args.stream:
+                print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        print("" if args.stream else prompt + "".join(generated), flush=True)
+        print(f"interrupted after {len(generated)} pieces; the text above is what was generated", file=sys.stderr)
+        return 130
+    print("" if args.stream else prompt + "".join(generated))
     return 0
 
 
+def _is_tokenizer_file(path: Path) -> bool:
+    """Whether `path` holds a tokenizer (which a new one may replace without --overwrite)."""
+    try:
+        load_tokenizer(path)
+    except (ValueError, OSError):
+        return False
+    return not path.is_symlink()
+
+
 def _tokenizer_train(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if out.is_dir():
+        print(f"error: --out {out} is a folder; give a file name, such as {out / 'tokenizer.json'}", file=sys.stderr)
+        return 2
+    if (out.exists() or out.is_symlink()) and not args.overwrite and not _is_tokenizer_file(out):
+        print(
+            f"error: {out} exists and is not a tokenizer file; add --overwrite to replace it, or choose another --out",
+            file=sys.stderr,
+        )
+        return 2
     text = load_text(args.data)
     start = time.perf_counter()
     tokenizer = BPETokenizer.train(text, args.vocab_size, args.pattern, args.special, progress_bar=not args.quiet)
     seconds = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out)
     n_tokens = len(tokenizer.encode_ordinary(text))
     print(f"learned {len(tokenizer.merges)} merges in {seconds:.1f} s; vocabulary of {tokenizer.vocab_size}")
     print(f"saved to {args.out}")
     print(f"{len(text):,} characters -> {n_tokens:,} tokens ({len(text) / max(n_tokens, 1):.2f} characters per token)")
+    return 0
+
+
+def _import_gpt2(args: argparse.Namespace) -> int:
+    from .checkpoint import save_checkpoint
+    from .gpt2 import import_gpt2
+
+    if args.out.exists():
+        print(f"error: {args.out} exists; choose a new folder for the imported model", file=sys.stderr)
+        return 2
+    try:
+        model, tokenizer = import_gpt2(args.source)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    save_checkpoint(args.out, model, tokenizer)
+    print(f"GPT-2 with {model.num_params() / 1e6:.1f}M parameters saved to {args.out}")
+    if tokenizer is None:
+        print("no vocab.json and merges.txt beside it: the checkpoint has no tokenizer and keeps GPT-2's token ids")
     return 0
 
 
@@ -181,10 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            return _train(args)
+            return _train_parallel(args) if args.parallel else _train(args)
         if args.command == "tokenizer":
             return _tokenizer_train(args)
+        if args.command == "import-gpt2":
+            return _import_gpt2(args)
         return _sample(args)
     except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file or folder that cannot be read or written
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

@@ -89,7 +89,7 @@ def load_text(path: str | Path | None = None) -> str:
     if not path.is_file():
         raise CorpusNotFoundError(f"no text file at {path}; give the path of a UTF-8 text file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark at the start is not text: dropped
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text ({err}); convert it to UTF-8 first") from err
     if not text:

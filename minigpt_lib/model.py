@@ -13,8 +13,10 @@ import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, KVCache, rotary_tables
 from .sampling import generate, stream
+from .validation import check_field_types
 
 POSITIONS = ("learned", "rope")
+ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
 @dataclass
@@ -29,8 +31,10 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
     position: str = "learned"  # "learned": a table of position vectors (GPT-2); "rope": rotary embeddings
+    activation: str = "gelu"  # "gelu": exact GELU; "gelu_tanh": its tanh approximation, which GPT-2 was trained with
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)}")
@@ -43,6 +47,8 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             head_size = self.n_embd // self.n_head
             raise ValueError(f"rotary embeddings need an even head size, got n_embd // n_head = {head_size}")
@@ -64,10 +70,10 @@ class GPTConfig:
 class MLP(nn.Module):
     """Position-wise feed-forward network: expand 4x, GELU, project back."""
 
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False):
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False, activation: str = "gelu"):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -84,7 +90,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias, config.block_size)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config.n_embd, config.dropout, config.bias)
+        self.mlp = MLP(config.n_embd, config.dropout, config.bias, config.activation)
 
     def forward(
         self,
@@ -147,6 +153,18 @@ class GPT(nn.Module):
         """
         return self.config.block_size if self.config.position == "learned" else None
 
+    @property
+    def receptive_field(self) -> int:
+        """How many of the last tokens can influence the next one: no earlier token changes the logits.
+
+        With learned positions, block_size. With sliding-window attention, each layer reaches
+        block_size - 1 positions further back than the one below it, so n_layer layers reach
+        n_layer * (block_size - 1) + 1 tokens: generation crops the context to that many.
+        """
+        if self.config.position == "learned":
+            return self.config.block_size
+        return self.config.n_layer * (self.config.block_size - 1) + 1
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied weights counted once); optionally without position embeddings."""
         n = sum(p.numel() for p in self.parameters())
@@ -202,7 +220,8 @@ class GPT(nn.Module):
         """Extend `idx` (B, T) by `max_new_tokens` tokens (temperature 0 means greedy).
 
         Options as in `minigpt_lib.sampling`. With learned positions, the context is cropped from the left
-        to its last block_size tokens; a RoPE model reads all of it through its sliding attention windows.
+        to its last block_size tokens; a RoPE model reads its last `receptive_field` tokens, all that its
+        stacked sliding attention windows can see.
         `use_cache=False` runs the plain loop, which gives the same tokens, more slowly.
         """
         return generate(

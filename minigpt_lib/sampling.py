@@ -12,7 +12,10 @@ The rules every function here follows:
 - A `generator` (or a `seed`, which makes one) makes sampling reproducible.
 - With a `block_size` (a model with learned positions), a context longer than the window is
   cropped from the left: only its last `block_size` tokens are seen. With `block_size=None` (a
-  RoPE model, whose sliding-window attention reads text of any length) nothing is cropped.
+  RoPE model, whose sliding-window attention reads text of any length) the context is cropped to
+  the model's `receptive_field`, the n_layer * (block_size - 1) + 1 last tokens: each layer looks
+  block_size - 1 positions further back, so no earlier token can change the next one, and each
+  step's work is bounded however long the prompt is.
   An empty prompt is an error; text helpers start from `START_TEXT` (a newline, the way every
   speech in Tiny Shakespeare starts) instead.
 """
@@ -64,7 +67,11 @@ def filter_logits(
     check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         raise ValueError("temperature 0 is greedy decoding: call greedy() or sample_next(), which handles it")
-    logits = logits / temperature
+    scaled = logits / temperature
+    if not bool(torch.isfinite(scaled).all()):  # a tiny temperature overflows: scale the gaps to the best logit
+        scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+        scaled = torch.where(scaled.isnan(), 0.0, scaled)  # 0 / 0 where the temperature rounds to 0: the best
+    logits = scaled
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
@@ -140,7 +147,8 @@ def stream(
     keys and values of past positions and processes only the newest token at each step. Once the
     sequence is longer than `block_size`, the cropped window slides: positions shift, so the cache is
     rebuilt from the window at every step, which gives exactly the tokens of the plain loop. Without
-    a `block_size` nothing shifts, and every step after the first is a cached one.
+    a `block_size` (RoPE: relative positions) nothing shifts, and every step after the first is a
+    cached one. Without a `block_size`, a model's `receptive_field` (if it has one) crops the context.
     """
     _check_prompt(idx)
     check_sampling(temperature, top_k, top_p)
@@ -149,15 +157,16 @@ def stream(
     if use_cache and not hasattr(model, "new_kv_cache"):
         raise ValueError(f"{type(model).__name__} has no KV cache; generate with use_cache=False")
     generator = make_generator(seed, generator, idx.device)
+    reach = block_size or getattr(model, "receptive_field", None)
     was_training = model.training
     model.eval()
     cache = None
     try:
         for _ in range(max_new_tokens):
-            context = idx if block_size is None else idx[:, -block_size:]
+            context = idx if reach is None else idx[:, -reach:]
             if not use_cache:
                 logits, _ = model(context)
-            elif cache is not None and len(cache) + 1 <= context.size(1):
+            elif cache is not None and (block_size is None or len(cache) + 1 <= context.size(1)):
                 logits = model(idx[:, -1:], kv_cache=cache)[0]  # only the newest token is new
             else:
                 cache = model.new_kv_cache()  # first step, or the window slid: recompute it all

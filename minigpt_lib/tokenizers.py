@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Collection, Sequence
 from itertools import chain
@@ -12,11 +13,24 @@ from typing import Any, Literal
 import regex
 import torch
 
-from .bpe import ascii_split_pattern, encode_chunk, split_pattern, train_merges
+from .bpe import SPLIT_PATTERNS, ascii_split_pattern, encode_chunk, split_pattern, split_text, train_merges
 
 
 class UnknownCharacterError(ValueError):
     """A character that is not in the tokenizer's vocabulary."""
+
+
+def _write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file renamed over it, so `path` is never half-written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name for the tokenizer, such as {path / 'tokenizer.json'}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class CharTokenizer:
@@ -25,6 +39,8 @@ class CharTokenizer:
     kind = "char"
 
     def __init__(self, chars: list[str] | str):
+        if not isinstance(chars, (str, list, tuple)):
+            raise ValueError(f"the vocabulary must be a string or a list of characters, got {type(chars).__name__}")
         chars = list(chars)
         if len(set(chars)) != len(chars):
             raise ValueError("the vocabulary has repeated characters")
@@ -77,7 +93,7 @@ class CharTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as readable JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        _write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
@@ -102,21 +118,39 @@ class BPETokenizer:
 
     kind = "bpe"
     CACHE_SIZE = 1 << 16
+    MAX_VOCAB = 1 << 20  # tokens in all; GPT-4's tokenizer has about 100,000
+    MAX_TOKEN_BYTES = 1 << 16  # longest token, in bytes
+    MAX_TOTAL_BYTES = 1 << 28  # all tokens' bytes together
 
     def __init__(self, merges: Sequence[Sequence[int]], pattern: str = "gpt4", special_tokens: Sequence[str] = ()):
         self.pattern = split_pattern(pattern)
         self._split = regex.compile(self.pattern)
         ascii_pattern = ascii_split_pattern(self.pattern)
         self._split_ascii = None if ascii_pattern is None else re.compile(ascii_pattern)
+        if isinstance(special_tokens, str) or not isinstance(special_tokens, Sequence):
+            raise ValueError(f"special_tokens must be a list of names, got {special_tokens!r}")
+        if not isinstance(merges, Sequence) or 256 + len(merges) + len(special_tokens) > self.MAX_VOCAB:
+            raise ValueError(f"merges must be a list of at most {self.MAX_VOCAB - 256} pairs of token ids")
         self.merges: list[tuple[int, int]] = []
         self._bytes = [bytes([i]) for i in range(256)]
+        total = 256
         for i, merge in enumerate(merges):
             new_id = 256 + i
-            if len(merge) != 2 or not all(isinstance(t, int) and 0 <= t < new_id for t in merge):
-                raise ValueError(
-                    f"merge {i} is {list(merge)!r}; it must be a pair of existing token ids, each below {new_id}"
-                )
+            if (
+                not isinstance(merge, Sequence)
+                or len(merge) != 2
+                or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < new_id for t in merge)
+            ):
+                raise ValueError(f"merge {i} is {merge!r}; it must be a pair of existing token ids below {new_id}")
             a, b = merge
+            size = len(self._bytes[a]) + len(self._bytes[b])
+            total += size
+            if size > self.MAX_TOKEN_BYTES or total > self.MAX_TOTAL_BYTES:
+                raise ValueError(
+                    f"merge {i} makes a token of {size:,} bytes (all tokens so far: {total:,} bytes), more than a "
+                    f"tokenizer may hold ({self.MAX_TOKEN_BYTES:,} per token, {self.MAX_TOTAL_BYTES:,} in all); "
+                    "the tokenizer file is damaged or crafted"
+                )
             self.merges.append((a, b))
             self._bytes.append(self._bytes[a] + self._bytes[b])
         self.ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}
@@ -182,7 +216,7 @@ class BPETokenizer:
     def encode_ordinary_reference(self, text: str) -> list[int]:
         """Token ids of `text` from scratch, chunk by chunk, special-looking text as ordinary text; no cache."""
         ids: list[int] = []
-        for chunk in self._split.findall(text):
+        for chunk in split_text(self._split, text):
             ids.extend(encode_chunk(chunk.encode("utf-8"), self.ranks))
         return ids
 
@@ -191,8 +225,12 @@ class BPETokenizer:
 
         ASCII text is pre-split with Python's `re` and an ASCII-only twin of the pattern (same chunks).
         """
-        ascii_fast = self._split_ascii is not None and text.isascii()
-        chunks = (self._split_ascii if ascii_fast else self._split).findall(text)
+        if self._split_ascii is not None and text.isascii():
+            chunks = self._split_ascii.findall(text)
+        elif self.pattern in SPLIT_PATTERNS.values():
+            chunks = self._split.findall(text)
+        else:  # a regex of the user's own: the text between its matches is kept, and it runs under a time limit
+            chunks = split_text(self._split, text)
         cache = self._cache
         new_chunks = set(chunks).difference(cache)
         if len(cache) + len(new_chunks) > self.CACHE_SIZE:
@@ -260,7 +298,7 @@ class BPETokenizer:
         data = self.to_dict()
         merges = ",\n  ".join(json.dumps(m, ensure_ascii=False) for m in data.pop("merges"))
         head = json.dumps(data, ensure_ascii=False, indent=1)[:-2]
-        Path(path).write_text(f'{head},\n "merges": [\n  {merges}\n ]\n}}\n', encoding="utf-8")
+        _write_text(path, f'{head},\n "merges": [\n  {merges}\n ]\n}}\n')
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
@@ -284,6 +322,7 @@ class BPETokenizer:
 
 
 Tokenizer = CharTokenizer | BPETokenizer
+MAX_FILE_BYTES = 256 * 2**20  # largest tokenizer file read
 
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
@@ -291,9 +330,14 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     kind = data.get("kind") if isinstance(data, dict) else None
     try:
         if kind == "char":
+            if not isinstance(data["chars"], str):
+                raise ValueError(f"'chars' must be a string of the vocabulary's characters, got {data['chars']!r:.60}")
             return CharTokenizer(list(data["chars"]))
         if kind == "bpe":
-            return BPETokenizer([m[:2] for m in data["merges"]], data["pattern"], data.get("special_tokens", []))
+            merges = data["merges"]
+            if not isinstance(merges, list) or not all(isinstance(m, list) for m in merges):
+                raise ValueError("'merges' must be a list of [id, id, text] entries")
+            return BPETokenizer([m[:2] for m in merges], data["pattern"], data.get("special_tokens", []))
     except (KeyError, TypeError) as err:
         raise ValueError(f"the {kind!r} tokenizer description is missing or has a malformed field ({err!r})") from None
     raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char' or 'bpe'")
@@ -304,8 +348,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no tokenizer file at {path}; write one with `python -m minigpt_lib tokenizer train`")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is {path.stat().st_size:,} bytes, too large for a tokenizer file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a tokenizer file (not readable JSON: {err})") from None
     return tokenizer_from_dict(data)

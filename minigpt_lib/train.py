@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .data import BatchSampler, get_batch, sequential_windows
 from .device import pick_device
 from .optim import Muon
+from .validation import check_field_types
 
 
 class TrainingDivergedError(RuntimeError):
@@ -46,13 +47,19 @@ class TrainConfig:
     muon_momentum: float = 0.95
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.batch_size < 1:
-            raise ValueError("max_steps and batch_size must be at least 1")
+        check_field_types(self)
+        for name in ("max_steps", "batch_size", "eval_interval", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
         if self.learning_rate <= 0 or self.min_lr < 0 or self.min_lr > self.learning_rate:
             raise ValueError(
                 f"need 0 <= min_lr <= learning_rate and learning_rate > 0, got "
                 f"learning_rate={self.learning_rate}, min_lr={self.min_lr}"
             )
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be a positive number, or None or 0 for none; got {self.grad_clip}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.optimizer not in ("adamw", "muon"):
@@ -172,6 +179,11 @@ class Trainer:
         self.evals: list[dict[str, float]] = []
         self._forward = torch.compile(self.model) if config.compile else self.model
 
+    def wrap_model(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Run training steps through `wrap(model)` (DDP, say); evaluation and checkpoints use the model itself."""
+        wrapped = wrap(self.model)
+        self._forward = torch.compile(wrapped) if self.config.compile else wrapped
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -210,6 +222,11 @@ class Trainer:
 
     def _record_eval(self) -> dict[str, float]:
         losses = self.estimate_loss()
+        if not all(math.isfinite(loss) for loss in losses.values()):
+            raise TrainingDivergedError(
+                f"the evaluation loss became {losses} at step {self.step}: the weights are no longer finite. "
+                "Lower the learning rate, keep gradient clipping on, or check the data."
+            )
         record = {"step": self.step, "train": losses["train"], "val": losses["val"], "time": self.elapsed}
         self.evals.append(record)
         return record

@@ -15,6 +15,11 @@ from minigpt_lib import (
 )
 
 
+def model_file(path):
+    """The weights file the checkpoint in `path` names."""
+    return path / json.loads((path / "checkpoint.json").read_text())["files"]["model"]
+
+
 def train_config(**overrides) -> TrainConfig:
     values = dict(
         max_steps=40,
@@ -90,7 +95,7 @@ def test_resume_with_dropout_continues_the_random_stream(tmp_path, tokenizer, id
 
 def test_a_corrupted_weights_file_is_a_clear_error(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "ckpt", tiny_model)
-    weights = path / "model.safetensors"
+    weights = model_file(path)
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
@@ -100,7 +105,7 @@ def test_a_corrupted_weights_file_is_a_clear_error(tmp_path, tiny_model):
 
 def test_a_truncated_weights_file_is_a_clear_error(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "ckpt", tiny_model)
-    weights = path / "model.safetensors"
+    weights = model_file(path)
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupted or truncated"):
         load_checkpoint(path)
@@ -123,7 +128,8 @@ def test_checkpoints_hold_no_pickles(tmp_path, tiny_model, tokenizer, ids):
     trainer = Trainer(tiny_model, ids, ids, train_config(max_steps=3), device="cpu", tokenizer=tokenizer)
     trainer.train(progress_bar=False)
     path = save_trainer(trainer, tmp_path / "ckpt")
-    assert sorted(f.name for f in path.iterdir()) == ["checkpoint.json", "model.safetensors", "training.safetensors"]
+    names = ["checkpoint.json", "model-1.safetensors", "training-1.safetensors"]
+    assert sorted(f.name for f in path.iterdir()) == names
     json.loads((path / "checkpoint.json").read_text())
     for f in path.iterdir():
         assert not f.read_bytes().startswith(b"\x80"), f"{f.name} looks like a pickle"
@@ -131,7 +137,7 @@ def test_checkpoints_hold_no_pickles(tmp_path, tiny_model, tokenizer, ids):
 
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, tiny_model, monkeypatch):
     path = save_checkpoint(tmp_path / "ckpt", tiny_model)
-    before = (path / "model.safetensors").read_bytes()
+    before = model_file(path).read_bytes()
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
@@ -141,8 +147,9 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, tiny_mode
         tiny_model.transformer.wte.weight.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, tiny_model)
-    assert (path / "model.safetensors").read_bytes() == before
+    assert model_file(path).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert sorted(p.name for p in path.iterdir()) == ["checkpoint.json", "model-1.safetensors"]
     load_checkpoint(path)
 
 

@@ -1,0 +1,192 @@
+"""Data-parallel training on several processes under `torchrun`: DDP (copies) or FSDP2 (shards).
+
+Every rank draws the same global batch from the same random stream and trains on its own slice,
+so N ranks with batch B see what one process with batch N * B sees, and each rank different data.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .data import BatchSampler, get_batch
+
+MODES = ("ddp", "fsdp")
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    """The command line that runs `args` (say "-m", "minigpt_lib", "train", ...) on `nproc` local processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def setup() -> tuple[int, int, torch.device]:
+    """Join the process group torchrun describes; returns (rank, world size, this rank's device)."""
+    if "RANK" not in os.environ:
+        raise ValueError(
+            "--parallel needs several processes: launch with `torchrun --nproc_per_node=2 -m minigpt_lib train ...`"
+        )
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        device = torch.device("cuda", local)
+    else:
+        dist.init_process_group("gloo")
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def teardown() -> None:
+    """Leave the process group (if one was joined)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class ShardedBatchSampler(BatchSampler):
+    """Slice `rank` of each global batch of `world_size * batch_size` windows, drawn from one seeded stream."""
+
+    def __init__(self, ids: torch.Tensor, block_size: int, batch_size: int, rank: int, world_size: int, seed: int):
+        super().__init__(ids, block_size, batch_size, seed)
+        self.rank, self.world_size = rank, world_size
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of the next global batch."""
+        x, y = get_batch(self.ids, self.block_size, self.batch_size * self.world_size, self.generator)
+        part = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return x[part], y[part]
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """Shard each block, then the rest of the model, over the ranks with FSDP2 (in place)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:
+        fully_shard(block)
+    return fully_shard(model)
+
+
+def parallelize(trainer: Any, mode: str) -> None:
+    """Make a Trainer data-parallel: its own slice of every batch, gradients averaged over the ranks.
+
+    DDP wraps the model and all-reduces its gradients during the backward pass. FSDP2 shards the model
+    in place (each rank keeps 1/N of every parameter, gradient and optimizer state), gathers each
+    block's weights just before using them and reduce-scatters the gradients; the optimizer is rebuilt
+    on the shards, keeping the state of a resumed run.
+    """
+    if mode not in MODES:
+        raise ValueError(f"parallel mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if trainer.config.time_budget:
+        raise ValueError("--time-budget is not supported with --parallel (ranks must stop together); use --max-steps")
+    if mode == "fsdp" and trainer.config.optimizer == "muon":
+        raise ValueError(
+            "Muon orthogonalises whole matrices, which FSDP splits over the ranks: use --parallel ddp, "
+            "or a preset trained by AdamW (classic-cpu, tiny)"
+        )
+    sampler = ShardedBatchSampler(
+        trainer.train_ids,
+        trainer.block_size,
+        trainer.config.batch_size,
+        dist.get_rank(),
+        dist.get_world_size(),
+        trainer.config.seed,
+    )
+    sampler.set_state(trainer.sampler.get_state())  # a resumed run continues the stream
+    trainer.sampler = sampler
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer.wrap_model(lambda model: DistributedDataParallel(model))
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from .train import configure_optimizer
+
+    options = StateDictOptions(full_state_dict=True)
+    resumed = bool(trainer.optimizer.state)  # (asking an optimizer with no state for it would create some)
+    state = get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options) if resumed else None
+    shard(trainer.model)
+    trainer.optimizer = configure_optimizer(trainer.model, trainer.config, trainer.device)
+    if state is not None:
+        set_optimizer_state_dict(trainer.model, trainer.optimizer, state, options=options)
+
+
+def full_model_and_optimizer(trainer: Any) -> tuple[nn.Module, torch.optim.Optimizer] | None:
+    """On rank 0, an unsharded copy of an FSDP2 trainer's model and optimizer; None on the others.
+
+    Collective: every rank must call it (the shards are gathered onto rank 0's CPU).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    from .model import GPT
+    from .train import configure_optimizer
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(trainer.model, options=options)
+    optim = get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options)
+    if dist.get_rank() != 0:
+        return None
+    plain = GPT(trainer.model.config)
+    plain.load_state_dict(weights)
+    optimizer = configure_optimizer(plain, trainer.config, torch.device("cpu"))
+    for name, p in plain.named_parameters():
+        if name in optim["state"]:
+            optimizer.state[p] = optim["state"][name]
+    return plain, optimizer
+
+
+def save(trainer: Any, out: str | Path, mode: str) -> None:
+    """Checkpoint a data-parallel trainer: every rank takes part, rank 0 alone writes."""
+    from .checkpoint import save_checkpoint
+
+    if mode == "fsdp":
+        full = full_model_and_optimizer(trainer)
+        if full is not None:
+            model, optimizer = full
+            view = SimpleNamespace(
+                optimizer=optimizer, sampler=trainer.sampler, config=trainer.config, state=trainer.state
+            )
+            save_checkpoint(out, model, trainer.tokenizer, view)
+    elif dist.get_rank() == 0:
+        save_checkpoint(out, trainer.model, trainer.tokenizer, trainer)
+    dist.barrier()
+
+
+def memory_per_rank(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this rank holds of parameters, gradients and optimizer state (its shard under FSDP)."""
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    params = {id(p): p for p in model.parameters()}.values()
+    return {
+        "parameters": sum(local(p).numel() * p.element_size() for p in params),
+        "gradients": sum(local(p.grad).numel() * p.grad.element_size() for p in params if p.grad is not None),
+        "optimizer": sum(
+            local(v).numel() * v.element_size()
+            for state in optimizer.state.values()
+            for v in state.values()
+            if torch.is_tensor(v) and v.dim() > 0
+        ),
+    }
+
+
+def print_memory(trainer: Any) -> None:
+    """Print, on rank 0, the megabytes each rank holds of parameters, gradients and optimizer state."""
+    mine = memory_per_rank(trainer.model, trainer.optimizer)
+    everyone: list[dict[str, int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if dist.get_rank() == 0:
+        for r, memory in enumerate(everyone):
+            parts = ", ".join(f"{name} {size / 2**20:.3f} MB" for name, size in memory.items())
+            print(f"memory rank {r}: {parts}")
