@@ -86,6 +86,7 @@ def save_checkpoint(
             "format": FORMAT,
             "version": VERSION,
             "model_config": model.config.to_dict(),
+            "model_class": type(model).__name__,
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
         }
         if trainer is not None:
@@ -158,12 +159,18 @@ def finished_run(path: str | Path, config: GPTConfig, tokenizer: Any) -> dict[st
 
 
 def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", model_class: type[torch.nn.Module] = GPT
 ) -> tuple[GPT, CharTokenizer | None, dict[str, Any]]:
-    """Load a model (and its tokenizer) from a checkpoint folder; returns (model, tokenizer, manifest)."""
+    """Load a model (and its tokenizer) from a checkpoint folder; returns (model, tokenizer, manifest).
+
+    `model_class` is built from the GPTConfig in the manifest: GPT, or a model around one (a reward model).
+    """
     path = Path(path)
     manifest = read_manifest(path)
-    model = GPT(GPTConfig.from_dict(manifest["model_config"]))
+    saved_class = manifest.get("model_class", GPT.__name__)
+    if saved_class != model_class.__name__:
+        raise CheckpointError(f"{path} holds a {saved_class}, not a {model_class.__name__}; load it as what it is")
+    model = model_class(GPTConfig.from_dict(manifest["model_config"]))
     try:
         missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
     except (SafetensorError, OSError, RuntimeError) as err:
@@ -190,6 +197,15 @@ def resume_trainer(
         raise CheckpointError(f"{path} holds a model only (no training state), so training cannot resume from it")
     config_dict = dict(manifest["train_config"], **config_overrides)
     trainer = Trainer(model, train_ids, val_ids, TrainConfig.from_dict(config_dict), device=device, tokenizer=tokenizer)
+    return restore_training(path, trainer, manifest)
+
+
+def restore_training(path: str | Path, trainer: Any, manifest: dict[str, Any] | None = None) -> Any:
+    """Put the optimiser, random states and progress saved in checkpoint `path` into `trainer` (built on its model)."""
+    path = Path(path)
+    manifest = manifest or read_manifest(path)
+    if "train_state" not in manifest:
+        raise CheckpointError(f"{path} holds a model only (no training state), so training cannot resume from it")
     try:
         tensors = load_file(str(path / TRAINING_FILE))
     except (SafetensorError, OSError) as err:
