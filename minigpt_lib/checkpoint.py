@@ -76,8 +76,13 @@ def save_checkpoint(
     model: GPT,
     tokenizer: CharTokenizer | None = None,
     trainer: Trainer | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `model` (and its tokenizer, and a trainer's full state for resuming) to folder `path`."""
+    """Write `model` (and its tokenizer, and a trainer's full state for resuming) to folder `path`.
+
+    `meta` (default: the trainer's) says what the run is, e.g. {"chat": True} for a chat model.
+    """
+    meta = meta if meta is not None else getattr(trainer, "meta", None)
     path = Path(path)
 
     def write(folder: Path) -> None:
@@ -89,6 +94,8 @@ def save_checkpoint(
             "model_class": type(model).__name__,
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
         }
+        if meta:
+            manifest["meta"] = meta
         if trainer is not None:
             tensors, groups = _optimizer_tensors(trainer.optimizer)
             tensors["rng.torch"] = torch.get_rng_state()
@@ -216,4 +223,5 @@ def restore_training(path: str | Path, trainer: Any, manifest: dict[str, Any] | 
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     trainer.load_state(manifest["train_state"])
+    trainer.meta = dict(manifest.get("meta", {}))
     return trainer

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,27 @@ from tqdm.auto import tqdm
 from .data import BatchSampler, get_batch, sequential_windows
 from .device import pick_device
 from .optim import Muon
+
+IGNORE_INDEX = -100  # a target F.cross_entropy skips: no loss on that position
+
+
+class BatchSource(Protocol):
+    """Where a Trainer can take its batches from instead of a stream of token ids (chat conversations, say)."""
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch (x, y); y may hold IGNORE_INDEX where no loss is wanted."""
+
+    def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch drawn with `generator` (for the loss estimates)."""
+
+    def windows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every window (x, y), for the loss on the whole split."""
+
+    def get_state(self) -> torch.Tensor:
+        """The stream's position, as a byte tensor."""
+
+    def set_state(self, state: torch.Tensor) -> None:
+        """Continue the stream from a position returned by `get_state`."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -129,28 +150,41 @@ def evaluate(
     model: nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 64, device: torch.device | None = None
 ) -> float:
     """Mean loss over all of `ids`, cut into fixed non-overlapping windows of `block_size`."""
+    return evaluate_windows(model, *sequential_windows(ids, block_size), batch_size, device)
+
+
+@torch.no_grad()
+def evaluate_windows(
+    model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int = 64, device: torch.device | None = None
+) -> float:
+    """Mean loss over the targets of windows (x, y); targets of -100 (masked out) are not counted."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    x_all, y_all = sequential_windows(ids, block_size)
     total, count = 0.0, 0
     for i in range(0, len(x_all), batch_size):
         x, y = x_all[i : i + batch_size].to(device), y_all[i : i + batch_size].to(device)
         _, loss = model(x, y)
-        total += loss.item() * y.numel()
-        count += y.numel()
+        n = int((y != IGNORE_INDEX).sum())
+        if n:
+            total += loss.item() * n
+            count += n
     model.train(was_training)
     return total / count
 
 
 class Trainer:
-    """Trains a language model (any module returning (logits, loss)) on a stream of token ids."""
+    """Trains a language model (any module returning (logits, loss)) on a stream of token ids.
+
+    `train_ids` and `val_ids` may instead be `BatchSource`s that make the batches themselves (chat
+    conversations with masked targets, in chapter 8). `meta` is saved with checkpoints: what the run is.
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        train_ids: torch.Tensor,
-        val_ids: torch.Tensor,
+        train_ids: torch.Tensor | BatchSource,
+        val_ids: torch.Tensor | BatchSource,
         config: TrainConfig,
         block_size: int | None = None,
         device: str | torch.device | None = None,
@@ -165,7 +199,11 @@ class Trainer:
         self.train_ids, self.val_ids = train_ids, val_ids
         self.tokenizer = tokenizer
         self.optimizer = configure_optimizer(self.model, config, self.device)
-        self.sampler = BatchSampler(train_ids, self.block_size, config.batch_size, seed=config.seed)
+        if isinstance(train_ids, torch.Tensor):
+            self.sampler = BatchSampler(train_ids, self.block_size, config.batch_size, seed=config.seed)
+        else:
+            self.sampler = train_ids
+        self.meta: dict[str, Any] = {}
         self.step = 0
         self.elapsed = 0.0
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
@@ -200,7 +238,10 @@ class Trainer:
             generator = torch.Generator().manual_seed(self.config.seed + 1)
             losses = []
             for _ in range(self.config.eval_batches):
-                x, y = get_batch(ids, self.block_size, self.config.batch_size, generator)
+                if isinstance(ids, torch.Tensor):
+                    x, y = get_batch(ids, self.block_size, self.config.batch_size, generator)
+                else:
+                    x, y = ids.batch(generator)
                 with self._autocast():
                     _, loss = self.model(x.to(self.device), y.to(self.device))
                 losses.append(loss.item())
@@ -281,10 +322,13 @@ class Trainer:
             bar.close()
         return self.evals
 
-    def evaluate(self, ids: torch.Tensor | None = None) -> float:
+    def evaluate(self, ids: torch.Tensor | BatchSource | None = None) -> float:
         """Loss on the whole validation split (or `ids`) in non-overlapping windows."""
+        ids = self.val_ids if ids is None else ids
         with self._autocast():
-            return evaluate(self.model, self.val_ids if ids is None else ids, self.block_size, device=self.device)
+            if not isinstance(ids, torch.Tensor):
+                return evaluate_windows(self.model, *ids.windows(), device=self.device)
+            return evaluate(self.model, ids, self.block_size, device=self.device)
 
     def state(self) -> dict[str, Any]:
         """The training state that is not a tensor, for checkpoints."""
