@@ -4,7 +4,7 @@ reference model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +60,7 @@ class DPOTrainer(LoopTrainer):
         reference: nn.Module,
         pairs: Sequence[Pair],
         config: DPOConfig,
-        stop_id: int,
+        stop_ids: Collection[int],
         held_out_pairs: Sequence[Pair] = (),
         held_out: Sequence[Sequence[int]] = (),
         reward: Callable[[list[list[int]], list[list[int]]], torch.Tensor] | None = None,
@@ -73,7 +73,7 @@ class DPOTrainer(LoopTrainer):
         super().__init__(policy, config, tokenizer, device)
         self.reference = freeze(reference).to(self.device)
         self.pairs, self.held_out_pairs = list(pairs), list(held_out_pairs)
-        self.stop_id = stop_id
+        self.stop_ids = set(stop_ids)
         self.held_out = [list(p) for p in held_out]
         self.reward, self.true_score = reward, true_score
 
@@ -104,7 +104,7 @@ class DPOTrainer(LoopTrainer):
                     self.model,
                     self.reference,
                     self.held_out,
-                    self.stop_id,
+                    self.stop_ids,
                     self.config.max_new_tokens,
                     seed=self.config.seed + 1,
                     reward=self.reward,

@@ -9,7 +9,7 @@ network to train, which matters on a CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +90,7 @@ class PPOTrainer(LoopTrainer):
         reference: nn.Module,
         reward: Callable[[list[list[int]], list[list[int]]], torch.Tensor],
         prompts: Sequence[Sequence[int]],
-        stop_id: int,
+        stop_ids: Collection[int],
         config: PPOConfig,
         held_out: Sequence[Sequence[int]] = (),
         true_score: Callable[[int, list[int]], float] | None = None,
@@ -103,7 +103,7 @@ class PPOTrainer(LoopTrainer):
         self.reference = freeze(reference).to(self.device)
         self.reward = reward
         self.prompts = [list(p) for p in prompts]
-        self.stop_id = stop_id
+        self.stop_ids = set(stop_ids)
         self.held_out = [list(p) for p in held_out]
         self.true_score = true_score
 
@@ -117,7 +117,7 @@ class PPOTrainer(LoopTrainer):
                 self.model,
                 self.prompts[i],
                 c.group_size,
-                self.stop_id,
+                self.stop_ids,
                 c.max_new_tokens,
                 c.temperature,
                 self.sampler.generator,
@@ -162,7 +162,7 @@ class PPOTrainer(LoopTrainer):
             self.model,
             self.reference,
             self.held_out,
-            self.stop_id,
+            self.stop_ids,
             self.config.max_new_tokens,
             seed=self.config.seed + 1,
             reward=self.reward,

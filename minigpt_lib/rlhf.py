@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -92,12 +92,12 @@ def sample_answers(
     model: nn.Module,
     prompt: Sequence[int],
     n: int,
-    stop_id: int,
+    stop_ids: Collection[int],
     max_new_tokens: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
-    """`n` answers to one prompt, sampled together; each ends with its first `stop_id` (or is cut at the limit)."""
+    """`n` answers to one prompt, sampled together; each ends at its first token of `stop_ids` (or at the limit)."""
     device = next(model.parameters()).device
     idx = torch.tensor([list(prompt)] * n, dtype=torch.long, device=device)
     rows: list[list[int]] = [[] for _ in range(n)]
@@ -106,7 +106,7 @@ def sample_answers(
         for i, token in enumerate(next_id[:, 0].tolist()):
             if not done[i]:
                 rows[i].append(token)
-                done[i] = token == stop_id
+                done[i] = token in stop_ids
         if all(done):
             break
     return rows
@@ -117,7 +117,7 @@ def evaluate_policy(
     policy: nn.Module,
     reference: nn.Module,
     prompts: Sequence[Sequence[int]],
-    stop_id: int,
+    stop_ids: Collection[int],
     max_new_tokens: int,
     seed: int = 0,
     reward: Callable[[list[list[int]], list[list[int]]], torch.Tensor] | None = None,
@@ -131,7 +131,7 @@ def evaluate_policy(
     was_training = policy.training
     policy.eval()
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
-    answers = [sample_answers(policy, p, 1, stop_id, max_new_tokens, generator=generator)[0] for p in prompts]
+    answers = [sample_answers(policy, p, 1, stop_ids, max_new_tokens, generator=generator)[0] for p in prompts]
     prompts = [list(p) for p in prompts]
     out: dict[str, float] = {}
     kls = []
@@ -212,7 +212,7 @@ class LoopTrainer:
 
     Subclasses define `train_step()` (returns a dict of numbers to record) and `evaluate()` (a dict
     of numbers measured on held-out data). The attributes `model`, `tokenizer`, `optimizer`,
-    `sampler`, `config` and `state()` are what `save_trainer` stores.
+    `sampler`, `config`, `meta` and `state()` are what `save_trainer` stores.
     """
 
     def __init__(self, model: nn.Module, config: LoopConfig, tokenizer: Any = None, device: str | None = None):
@@ -227,7 +227,7 @@ class LoopTrainer:
         self.elapsed = 0.0
         self.history: dict[str, list[float]] = {}
         self.evals: list[dict[str, float]] = []
-        self.info: dict[str, Any] = {}  # what else a resumed run needs to know (where its reference came from)
+        self.meta: dict[str, Any] = {}  # saved with checkpoints: what the run is, where its reference came from
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns the numbers to record (a loss at least)."""
@@ -306,7 +306,6 @@ class LoopTrainer:
             "elapsed": self.elapsed,
             "history": self.history,
             "evals": self.evals,
-            "info": self.info,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -315,4 +314,3 @@ class LoopTrainer:
         self.elapsed = float(state["elapsed"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.evals = [dict(e) for e in state["evals"]]
-        self.info = dict(state.get("info", {}))

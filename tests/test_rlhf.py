@@ -112,7 +112,7 @@ def test_clipped_ppo_loss_by_hand():
 
 def test_sampled_answers_stop_at_the_stop_token(gpt):
     generator = torch.Generator().manual_seed(0)
-    answers = sample_answers(gpt, [3, 4], 6, STOP, max_new_tokens=12, generator=generator)
+    answers = sample_answers(gpt, [3, 4], 6, {STOP}, max_new_tokens=12, generator=generator)
     assert len(answers) == 6
     for a in answers:
         assert 1 <= len(a) <= 12
@@ -161,7 +161,7 @@ def test_ppo_steps_lower_the_loss_on_a_fixed_batch(gpt):
 def test_dpo_steps_lower_the_loss_on_a_fixed_batch(gpt):
     pairs = toy_pairs(8, seed=3)
     config = DPOConfig(max_steps=5, batch_size=8, learning_rate=1e-2, beta=0.5, eval_interval=5)
-    trainer = DPOTrainer(gpt, gpt, pairs, config, stop_id=STOP, held_out_pairs=pairs)
+    trainer = DPOTrainer(gpt, gpt, pairs, config, stop_ids={STOP}, held_out_pairs=pairs)
     before = trainer.evaluate()["val_loss"]
     trainer.train(progress_bar=False)
     assert before == pytest.approx(math.log(2))  # policy == reference: every margin is 0
@@ -178,7 +178,7 @@ def ppo_trainer(gpt: GPT, reference: GPT | None = None, **overrides) -> PPOTrain
     values.update(overrides)
     prompts = [[3], [4, 5], [6], [3, 3]]
     config = PPOConfig(**values)
-    return PPOTrainer(gpt, reference or gpt, count_good, prompts, STOP, config, held_out=[[5], [6, 4]] * 8)
+    return PPOTrainer(gpt, reference or gpt, count_good, prompts, {STOP}, config, held_out=[[5], [6, 4]] * 8)
 
 
 def test_ppo_raises_a_toy_reward(gpt):
@@ -222,7 +222,7 @@ def test_ppo_resumes_exactly(gpt, tmp_path):
 def test_dpo_resumes_exactly(gpt, tmp_path):
     pairs = toy_pairs(16, seed=4)
     config = DPOConfig(max_steps=10, batch_size=4, learning_rate=1e-2, eval_interval=100)
-    make = lambda model=None: DPOTrainer(model or copy.deepcopy(gpt), gpt, pairs, config, STOP)
+    make = lambda model=None: DPOTrainer(model or copy.deepcopy(gpt), gpt, pairs, config, {STOP})
     resumed_equals_straight(make, tmp_path)
 
 
