@@ -111,19 +111,12 @@ class PPOTrainer(LoopTrainer):
         """`batch_size` random training prompts, `group_size` sampled answers to each (prompts repeated)."""
         c = self.config
         picks = torch.randint(len(self.prompts), (c.batch_size,), generator=self.sampler.generator).tolist()
-        prompts, answers = [], []
-        for i in picks:
-            group = sample_answers(
-                self.model,
-                self.prompts[i],
-                c.group_size,
-                self.stop_ids,
-                c.max_new_tokens,
-                c.temperature,
-                self.sampler.generator,
-            )
-            prompts += [self.prompts[i]] * c.group_size
-            answers += group
+        prompts = [self.prompts[i] for i in picks]
+        groups = sample_answers(
+            self.model, prompts, c.group_size, self.stop_ids, c.max_new_tokens, c.temperature, self.sampler.generator
+        )
+        prompts = [p for p in prompts for _ in range(c.group_size)]
+        answers = [a for group in groups for a in group]
         return prompts, answers
 
     def train_step(self) -> dict[str, float]:

@@ -90,26 +90,39 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, 
 @torch.no_grad()
 def sample_answers(
     model: nn.Module,
-    prompt: Sequence[int],
+    prompts: Sequence[Sequence[int]],
     n: int,
     stop_ids: Collection[int],
     max_new_tokens: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
-) -> list[list[int]]:
-    """`n` answers to one prompt, sampled together; each ends at its first token of `stop_ids` (or at the limit)."""
+    batch_size: int = 64,
+) -> list[list[list[int]]]:
+    """`n` sampled answers to each prompt; each ends at its first token of `stop_ids` (or at the limit).
+
+    Prompts of equal length are sampled together, up to `batch_size` rows at a time.
+    """
     device = next(model.parameters()).device
-    idx = torch.tensor([list(prompt)] * n, dtype=torch.long, device=device)
-    rows: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
-    for next_id in model.stream(idx, max_new_tokens, temperature=temperature, generator=generator):
-        for i, token in enumerate(next_id[:, 0].tolist()):
-            if not done[i]:
-                rows[i].append(token)
-                done[i] = token in stop_ids
-        if all(done):
-            break
-    return rows
+    rows = sorted((len(p), i) for i, p in enumerate(prompts) for _ in range(n))
+    answers: list[list[list[int]]] = [[] for _ in prompts]
+    start = 0
+    while start < len(rows):
+        length = rows[start][0]
+        chunk = [i for _, i in rows[start : start + batch_size] if len(prompts[i]) == length]
+        start += len(chunk)
+        idx = torch.tensor([list(prompts[i]) for i in chunk], dtype=torch.long, device=device)
+        new: list[list[int]] = [[] for _ in chunk]
+        done = [False] * len(chunk)
+        for next_id in model.stream(idx, max_new_tokens, temperature=temperature, generator=generator):
+            for r, token in enumerate(next_id[:, 0].tolist()):
+                if not done[r]:
+                    new[r].append(token)
+                    done[r] = token in stop_ids
+            if all(done):
+                break
+        for i, answer in zip(chunk, new, strict=True):
+            answers[i].append(answer)
+    return answers
 
 
 @torch.no_grad()
@@ -131,7 +144,7 @@ def evaluate_policy(
     was_training = policy.training
     policy.eval()
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
-    answers = [sample_answers(policy, p, 1, stop_ids, max_new_tokens, generator=generator)[0] for p in prompts]
+    answers = [group[0] for group in sample_answers(policy, prompts, 1, stop_ids, max_new_tokens, generator=generator)]
     prompts = [list(p) for p in prompts]
     out: dict[str, float] = {}
     kls = []

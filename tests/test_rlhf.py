@@ -112,9 +112,9 @@ def test_clipped_ppo_loss_by_hand():
 
 def test_sampled_answers_stop_at_the_stop_token(gpt):
     generator = torch.Generator().manual_seed(0)
-    answers = sample_answers(gpt, [3, 4], 6, {STOP}, max_new_tokens=12, generator=generator)
-    assert len(answers) == 6
-    for a in answers:
+    groups = sample_answers(gpt, [[3, 4], [5], [1, 2]], 6, {STOP}, max_new_tokens=12, generator=generator, batch_size=4)
+    assert [len(g) for g in groups] == [6, 6, 6]
+    for a in (a for g in groups for a in g):
         assert 1 <= len(a) <= 12
         assert STOP not in a[:-1]
         assert a[-1] == STOP or len(a) == 12
