@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .chatbot import add_subcommands, run_subcommand
 from .checkpoint import CheckpointError, load_checkpoint, resume_trainer, save_trainer
 from .data import CorpusNotFoundError, load_text
 from .presets import PRESETS, get_preset
@@ -62,6 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bpe.add_argument("--pattern", default="gpt4", help="pre-split regex: gpt4 (default), gpt2, or a regex of your own")
     bpe.add_argument("--special", action="append", default=[], metavar="NAME", help="a special token (repeatable)")
     bpe.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_subcommands(sub)
     return parser
 
 
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "tokenizer":
             return _tokenizer_train(args)
+        if args.command in ("reward", "ppo", "dpo", "chatbot"):
+            return run_subcommand(args, load_text(None))
         return _sample(args)
     except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
