@@ -112,8 +112,7 @@ def _preferences(
 
 def _config(cls: type[LoopConfig], manifest: dict[str, Any] | None, overrides: dict[str, Any]) -> LoopConfig:
     values = dict(manifest["train_config"]) if manifest else {}
-    if overrides.get("time_budget") and not overrides.get("max_steps"):
-        overrides = {**overrides, "max_steps": 10**9}  # a time budget alone trains until the clock runs out
+    overrides = _budgeted(overrides)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls.from_dict(values) if manifest else cls(**values)
 
@@ -277,6 +276,48 @@ def finished_stage(path: Path) -> dict[str, Any] | None:
     return manifest if state["step"] >= config["max_steps"] or state["elapsed"] >= budget else None
 
 
+def _budgeted(overrides: dict[str, Any]) -> dict[str, Any]:
+    """A time budget alone trains until the clock runs out: no step limit then."""
+    if overrides.get("time_budget") and not overrides.get("max_steps"):
+        return {**overrides, "max_steps": 10**9}
+    return overrides
+
+
+def pretrain_stage(
+    out: Path, text: str, model: dict[str, Any] | None = None, quiet: bool = False, **overrides: Any
+) -> Trainer:
+    """Pretrain (or resume) a GPT of the cpu preset's shape (changed by `model`) on `text`'s bytes, chat tokenizer."""
+    tokenizer = chat_tokenizer()
+    preset = get_preset("cpu")
+    n = int(0.9 * len(text))
+    train_ids, val_ids = tokenizer.encode_tensor(text[:n]), tokenizer.encode_tensor(text[n:])
+    if (out / "checkpoint.json").is_file():
+        trainer = resume_trainer(out, train_ids, val_ids)
+    else:
+        torch.manual_seed(1337)
+        config = GPTConfig(vocab_size=tokenizer.vocab_size, **{**preset.model, **(model or {})})
+        train_config = preset.train_config(**_budgeted(overrides))
+        trainer = Trainer(GPT(config), train_ids, val_ids, train_config, tokenizer=tokenizer)
+    trainer.train(progress_bar=not quiet, on_eval=lambda t: save_trainer(t, out), desc="pretraining")
+    save_trainer(trainer, out)
+    return trainer
+
+
+def sft_stage(
+    base: Path, out: Path, text: str, data: dict[str, Any] | None = None, quiet: bool = False, **overrides: Any
+) -> Trainer:
+    """Fine-tune (or resume fine-tuning) the pretrained model in `base` on generated conversations."""
+    if (out / "checkpoint.json").is_file():
+        trainer = resume_finetune(out, text)
+    else:
+        model, tokenizer, _ = load_checkpoint(base)
+        trainer = finetune_trainer(model, tokenizer, text, sft_config(**_budgeted(overrides)), data)
+        trainer.meta["base"] = str(base)
+    trainer.train(progress_bar=not quiet, on_eval=lambda t: save_trainer(t, out), desc="fine-tuning")
+    save_trainer(trainer, out)
+    return trainer
+
+
 CHATBOT = {
     "full": dict(
         model=None,  # the cpu preset's shape
@@ -314,7 +355,6 @@ def build_chatbot(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = chat_tokenizer()
-    preset = get_preset("cpu")
     stages = ("pretrain", "sft", "reward", "ppo")
     start = time.perf_counter()
 
@@ -326,20 +366,8 @@ def build_chatbot(
     if finished_stage(base):
         line(1, "pretrain", f"already done in {base}")
     else:
-        n = int(0.9 * len(text))
-        train_ids, val_ids = tokenizer.encode_tensor(text[:n]), tokenizer.encode_tensor(text[n:])
-        if (base / "checkpoint.json").is_file():
-            trainer = resume_trainer(base, train_ids, val_ids)
-        else:
-            torch.manual_seed(1337)
-            config = GPTConfig(vocab_size=tokenizer.vocab_size, **{**preset.model, **(s["model"] or {})})
-            overrides = dict(s["pretrain"])
-            if overrides.get("time_budget"):
-                overrides.setdefault("max_steps", 10**9)
-            trainer = Trainer(GPT(config), train_ids, val_ids, preset.train_config(**overrides), tokenizer=tokenizer)
-        line(1, "pretrain", f"{trainer.model.num_params() / 1e6:.2f}M parameters on Tiny Shakespeare's bytes")
-        trainer.train(progress_bar=not quiet, on_eval=lambda t: save_trainer(t, base), desc="pretraining")
-        save_trainer(trainer, base)
+        line(1, "pretrain", "a GPT on Tiny Shakespeare's bytes")
+        trainer = pretrain_stage(base, text, s["model"], quiet, **s["pretrain"])
         line(1, "pretrain", f"{trainer.step} steps, val loss {trainer.evals[-1]['val']:.3f}; saved to {base}")
 
     # 2. supervised fine-tuning on generated conversations
@@ -347,18 +375,8 @@ def build_chatbot(
     if finished_sft(sft):
         line(2, "SFT", f"already done in {sft}")
     else:
-        if (sft / "checkpoint.json").is_file():
-            trainer = resume_finetune(sft, text)
-        else:
-            model, _, _ = load_checkpoint(base)
-            overrides = dict(s["sft"])
-            if overrides.get("time_budget"):
-                overrides.setdefault("max_steps", 10**9)
-            trainer = finetune_trainer(model, tokenizer, text, sft_config(**overrides), s["sft_data"])
-            trainer.meta["base"] = str(base)
-        line(2, "SFT", f"{len(trainer.sampler)} windows of generated conversations")
-        trainer.train(progress_bar=not quiet, on_eval=lambda t: save_trainer(t, sft), desc="fine-tuning")
-        save_trainer(trainer, sft)
+        line(2, "SFT", "fine-tuning on generated conversations")
+        trainer = sft_stage(base, sft, text, s["sft_data"], quiet, **s["sft"])
         line(2, "SFT", f"{trainer.step} steps, val loss {trainer.evals[-1]['val']:.3f}; saved to {sft}")
 
     # 3. preference pairs from ranked answers, and the reward model
