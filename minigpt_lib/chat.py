@@ -21,7 +21,7 @@ What later chapters use:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,11 +217,13 @@ def generate_replies(
     seed: int | None = None,
     batch_size: int = 64,
     prompts: Sequence[Sequence[int]] | None = None,
+    stop_ids: Collection[int] = (),
 ) -> list[Reply]:
     """Answers to many conversations at once: prompts of equal token length run as one batch with the KV cache.
 
-    `prompts` (token ids) replaces the rendered conversations when given (few-shot prompts, say); then
-    generation stops at `<|end|>` or another role token. Greedy by default; a `seed` makes sampling repeatable.
+    An answer ends at `<|end|>` (or at one of `stop_ids`: a newline for plain-text prompts, say) and is cut
+    short at another role's token. `prompts` (token ids) replaces the rendered conversations when given
+    (few-shot prompts in plain text, say). Greedy by default; a `seed` makes sampling repeatable.
     """
     check_sampling(temperature, top_k, top_p)
     if prompts is None:
@@ -244,7 +246,7 @@ def generate_replies(
                 for r, token in enumerate(next_id[:, 0].tolist()):
                     if stopped[r]:
                         continue
-                    if token == end:
+                    if token == end or token in stop_ids:
                         stopped[r] = 1
                     elif token in others:
                         stopped[r] = 2
@@ -260,3 +262,61 @@ def generate_replies(
 def is_chat_checkpoint(manifest: dict[str, Any]) -> bool:
     """Whether a checkpoint's manifest says its model was fine-tuned on chat conversations."""
     return bool((manifest.get("meta") or {}).get("chat"))
+
+
+class ChatSession:
+    """A conversation with a model: the history, a system prompt, and the next answer streamed.
+
+    The prompt sent each turn keeps the system prompt and as many recent turns as fit in `max_context`
+    tokens (default: the model's window less `answer_room` tokens left for the answer).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: BPETokenizer,
+        system: str | None = None,
+        max_context: int | None = None,
+        answer_room: int = 32,
+    ):
+        check_tokenizer(tokenizer)
+        self.model, self.tokenizer = model, tokenizer
+        self.max_context = max_context or max(16, model.block_size - answer_room)
+        self.system = system
+        self.history: Conversation = []
+        self.dropped = 0  # messages of the history left out of the last prompt
+
+    def messages(self) -> Conversation:
+        """The whole conversation so far, with the system prompt first."""
+        return ([message("system", self.system)] if self.system else []) + self.history
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        self.history = []
+        self.dropped = 0
+
+    def set_system(self, system: str | None) -> None:
+        """A new system prompt (None: none); the conversation starts afresh."""
+        self.system = system
+        self.reset()
+
+    def undo(self) -> None:
+        """Forget the last user message and its (possibly unfinished) answer."""
+        while self.history and self.history[-1]["role"] == "assistant":
+            self.history.pop()
+        if self.history:
+            self.history.pop()
+
+    def send(self, text: str, **options: Any) -> Iterator[str]:
+        """Add the user's message and yield the answer piece by piece; options as `stream_reply`."""
+        self.history.append(message("user", text))
+        try:
+            fitted = fit_context(self.messages(), self.tokenizer, self.max_context)
+        except ValueError:
+            self.history.pop()
+            raise
+        self.dropped = len(self.messages()) - len(fitted)
+        self.history.append(message("assistant", ""))
+        for piece in stream_reply(self.model, self.tokenizer, fitted, **options):
+            self.history[-1]["content"] += piece
+            yield piece

@@ -270,7 +270,8 @@ class ChatData:
     def _add(self, rng: random.Random, split: str, cot: bool) -> Example:
         a, b = self._pair(rng, split, lambda r: (r.randint(10, 99), r.randint(10, 99)))
         answer = add_working(a, b) if cot else str(a + b)
-        return Example("add", [message("user", rng.choice(ADD_QUESTIONS).format(a=a, b=b))], answer, {"value": a + b})
+        question = rng.choice(ADD_QUESTIONS).format(a=a, b=b)
+        return Example("add", [message("user", question)], answer, {"value": a + b, "operands": (a, b)})
 
     def _sub(self, rng: random.Random, split: str, cot: bool) -> Example:
         def draw(r: random.Random) -> tuple[int, int]:
@@ -279,13 +280,14 @@ class ChatData:
 
         a, b = self._pair(rng, split, draw)
         answer = sub_working(a, b) if cot else str(a - b)
-        return Example("sub", [message("user", rng.choice(SUB_QUESTIONS).format(a=a, b=b))], answer, {"value": a - b})
+        question = rng.choice(SUB_QUESTIONS).format(a=a, b=b)
+        return Example("sub", [message("user", question)], answer, {"value": a - b, "operands": (a, b)})
 
     def _add3(self, rng: random.Random, split: str, cot: bool) -> Example:
         a, b, c = self._pair(rng, split, lambda r: (r.randint(10, 99), r.randint(10, 99), r.randint(10, 99)))
         answer = add3_working(a, b, c) if cot else str(a + b + c)
         question = rng.choice(ADD3_QUESTIONS).format(a=a, b=b, c=c)
-        return Example("add3", [message("user", question)], answer, {"value": a + b + c})
+        return Example("add3", [message("user", question)], answer, {"value": a + b + c, "operands": (a, b, c)})
 
     def _string(self, task: str, rng: random.Random, split: str, cot: bool) -> Example:
         word = rng.choice(self.words[split])
@@ -350,17 +352,20 @@ class ChatData:
         text, act, slots = self._act(SAFE_ACTS if safe else UNSAFE_ACTS, rng, split, new_phrasing)
         answer = act[2].format(**slots) if safe else REFUSAL
         phrasing = rng.choice(NEW_PHRASINGS if new_phrasing else TAUGHT_PHRASINGS)
-        return Example(family, [message("user", phrasing.format(act=text))], answer, {"safe": safe})
+        return Example(family, [message("user", phrasing.format(act=text))], answer, {"safe": safe, "act": text})
 
     def example(self, family: str, split: str, rng: random.Random, cot: bool = True) -> Example:
         """One example of `family` from `split` ('train' or 'test') whose conversation fits in `max_tokens`.
 
         `cot=False` gives bare answers (the number alone) to arithmetic and counting.
         """
-        while True:
+        for _ in range(1000):
             example = self._draw(family, split, rng, cot)
             if conversation_tokens(example.conversation()) <= self.max_tokens:
                 return example
+        raise ValueError(
+            f"{family!r} conversations hardly ever fit in {self.max_tokens} tokens; use a model with a longer context"
+        )
 
     def _draw(self, family: str, split: str, rng: random.Random, cot: bool) -> Example:
         if split not in ("train", "test"):
@@ -408,7 +413,7 @@ def style_ok(example: Example, text: str) -> bool:
     """Whether an answer has the form its system prompt asks for (True when there is no system prompt)."""
     style = example.expect.get("style")
     if style == "caps":
-        return any(c.isalpha() for c in text) and text == text.upper()
+        return bool(text) and text == text.upper()
     if style == "verily":
         return text.startswith("Verily, ")
     return True

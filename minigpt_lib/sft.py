@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ import torch
 
 from .chat import END, chat_tokenizer, check_tokenizer, render
 from .chatdata import TRAIN_WEIGHTS, ChatData, Example
-from .checkpoint import CheckpointError, finished_run, load_checkpoint, read_manifest, resume_trainer
-from .model import GPT
+from .checkpoint import CheckpointError, finished_run, read_manifest, resume_trainer
+from .model import GPT, GPTConfig
 from .tokenizers import BPETokenizer
 from .train import IGNORE_INDEX, TrainConfig, Trainer
 
@@ -159,8 +160,12 @@ def finetune_trainer(
     data = ChatData(text, max_tokens=model.block_size + 1)
     train, val = sft_batches(data, tokenizer, model.block_size, config.batch_size, **settings, stream_seed=config.seed)
     trainer = Trainer(model, train, val, config, device=device, tokenizer=tokenizer)
-    trainer.meta = {"chat": True, "stage": "sft", "data": settings}
+    trainer.meta = {"chat": True, "stage": "sft", "data": settings, "corpus_sha256": _digest(text)}
     return trainer
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def resume_finetune(path: str | Path, text: str, device: str | torch.device | None = None, **overrides: Any) -> Trainer:
@@ -169,6 +174,8 @@ def resume_finetune(path: str | Path, text: str, device: str | torch.device | No
     if manifest.get("meta", {}).get("stage") != "sft":
         raise CheckpointError(f"{path} is not a fine-tuning run; start one with `python -m minigpt_lib sft`")
     settings = manifest["meta"]["data"]
+    if manifest["meta"].get("corpus_sha256") != _digest(text):
+        raise CheckpointError(f"{path} was fine-tuned on conversations made from another text; resume with that text")
     config = TrainConfig.from_dict({**manifest["train_config"], **overrides})
     block_size = manifest["model_config"]["block_size"]
     data = ChatData(text, max_tokens=block_size + 1)
@@ -177,13 +184,13 @@ def resume_finetune(path: str | Path, text: str, device: str | torch.device | No
     return resume_trainer(path, train, val, device=device, **overrides)
 
 
-def finished_sft(path: str | Path) -> dict[str, Any] | None:
-    """The manifest of `path` if it holds a finished fine-tuning run (a chat model), else None."""
+def finished_sft(path: str | Path, config: GPTConfig | None = None) -> dict[str, Any] | None:
+    """The manifest of `path` if it holds a finished fine-tuning run (a chat model, of shape `config` if given)."""
     try:
         manifest = read_manifest(path)
-        model, tokenizer, _ = load_checkpoint(path)
     except CheckpointError:
         return None
-    if manifest.get("meta", {}).get("stage") != "sft" or tokenizer is None:
+    if manifest.get("meta", {}).get("stage") != "sft" or not manifest.get("tokenizer"):
         return None
-    return finished_run(path, model.config, tokenizer)
+    config = config or GPTConfig.from_dict(manifest["model_config"])
+    return finished_run(path, config, chat_tokenizer())
