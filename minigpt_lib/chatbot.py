@@ -34,7 +34,7 @@ from .rlhf import LoopConfig, LoopTrainer
 from .sft import finetune_trainer, finished_sft, resume_finetune, sft_config
 from .train import Trainer
 
-PREFERENCES = dict(n_prompts=600, k=4, n_heldout=10, max_new_tokens=96, temperature=1.0, min_gap=0.1, per_prompt=4)
+PREFERENCES = dict(n_prompts=800, k=4, n_heldout=10, max_new_tokens=96, temperature=1.0, min_gap=0.1, per_prompt=4)
 HELDOUT_FAMILIES = FAMILIES  # held-out prompts for preference pairs and PPO curves: every family
 N_CURVE = 4  # held-out prompts per family for the curves measured during PPO and DPO
 

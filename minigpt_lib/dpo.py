@@ -31,12 +31,12 @@ def dpo_loss(
 class DPOConfig(LoopConfig):
     """How to run DPO: `batch_size` pairs per step, `beta` the strength of the pull towards the reference."""
 
-    max_steps: int = 200
+    max_steps: int = 150
     batch_size: int = 16
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
     beta: float = 0.1
-    max_new_tokens: int = 64
-    eval_interval: int = 20
+    max_new_tokens: int = 96
+    eval_interval: int = 25
 
     def __post_init__(self) -> None:
         super().__post_init__()

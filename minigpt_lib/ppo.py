@@ -62,16 +62,16 @@ def ppo_loss(
 class PPOConfig(LoopConfig):
     """How to run PPO: `batch_size` prompts per step, `group_size` answers to each."""
 
-    max_steps: int = 200
+    max_steps: int = 60
     batch_size: int = 8
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
     group_size: int = 8
     epochs: int = 2
     clip: float = 0.2
-    kl_coef: float = 0.05
-    max_new_tokens: int = 64
+    kl_coef: float = 0.1
+    max_new_tokens: int = 96
     temperature: float = 1.0
-    eval_interval: int = 20
+    eval_interval: int = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -88,11 +88,11 @@ def pairwise_accuracy(model: RewardModel, pairs: Sequence[Pair], batch_size: int
 class RewardConfig(LoopConfig):
     """How to train a reward model."""
 
-    max_steps: int = 300
-    batch_size: int = 32
+    max_steps: int = 200
+    batch_size: int = 16
     learning_rate: float = 3e-4
     weight_decay: float = 0.0
-    eval_interval: int = 50
+    eval_interval: int = 25
 
 
 class RewardTrainer(LoopTrainer):
