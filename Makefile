@@ -24,7 +24,7 @@ export MINIGPT_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: book test lint setup setup-browser vendor clean
+.PHONY: book test lint setup setup-browser vendor clean chatbot
 
 setup: $(STAMP) vendor
 
@@ -56,6 +56,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint vendor $(BROWSER_STAMP)
 	MINIGPT_FAST=1 $(BIN)/python -m pytest --durations=12 tests
+
+# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO (about 40 minutes on 2 CPU cores), then chat.
+chatbot: $(STAMP)
+	$(BIN)/python -m minigpt_lib chatbot --out runs/chatbot
+	$(BIN)/python -m minigpt_lib chat --ckpt runs/chatbot/ppo
 
 clean:
 	rm -rf _build .pytest_cache

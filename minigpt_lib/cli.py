@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 
 from .chat import SPECIAL_TOKENS, ChatSession, chat_tokenizer, check_tokenizer, is_chat_checkpoint
+from .chatbot import add_subcommands, run_subcommand
 from .chatdata import ChatData, evaluate_chat, format_table
 from .checkpoint import (
     MANIFEST,
@@ -147,6 +148,7 @@ def _build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float, help="sample only among the most likely tokens that make up p")
     chat.add_argument("--seed", type=int, default=1337)
     chat.add_argument("--device", default="auto")
+    add_subcommands(sub)
     return parser
 
 
@@ -579,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sft(args)
         if args.command == "chat":
             return _chat(args)
+        if args.command in ("reward", "ppo", "dpo", "chatbot"):
+            return run_subcommand(args, load_text(None))
         return _sample(args)
     except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -172,13 +172,8 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) for each next token, and the mean cross-entropy if targets are given.
-
-        With a `kv_cache`, `idx` holds only the tokens after the cached ones, and the cache is extended.
-        """
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final normalised hidden state (B, T, n_embd) of each position, which the output head reads."""
         _, T = idx.shape
         past = 0 if kv_cache is None else len(kv_cache)
         x = self.transformer.wte(idx)
@@ -196,7 +191,16 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, layer, rotary)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        return self.transformer.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) for each next token, and the mean cross-entropy if targets are given.
+
+        With a `kv_cache`, `idx` holds only the tokens after the cached ones, and the cache is extended.
+        """
+        logits = self.lm_head(self.features(idx, kv_cache))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

@@ -1,0 +1,114 @@
+"""DPO: learn straight from preference pairs, with no reward model and no sampling, by raising the
+log-probability of the chosen answer relative to the rejected one, both measured against the frozen
+reference model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .reward import Pair
+from .rlhf import LoopConfig, LoopTrainer, evaluate_policy, freeze, make_completions, sequence_logprob
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Mean -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) over pairs of answer log-probabilities."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+@dataclass
+class DPOConfig(LoopConfig):
+    """How to run DPO: `batch_size` pairs per step, `beta` the strength of the pull towards the reference."""
+
+    max_steps: int = 150
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    beta: float = 0.1
+    max_new_tokens: int = 96
+    eval_interval: int = 25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+
+
+def _pair_logprobs(model: nn.Module, pairs: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(pairs)
+    both = make_completions([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    logp = sequence_logprob(model, both.to(next(model.parameters()).device))
+    return logp[:n], logp[n:]
+
+
+class DPOTrainer(LoopTrainer):
+    """Fine-tunes a policy (a GPT) on preference pairs with the DPO loss."""
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        reference: nn.Module,
+        pairs: Sequence[Pair],
+        config: DPOConfig,
+        stop_ids: Collection[int],
+        held_out_pairs: Sequence[Pair] = (),
+        held_out: Sequence[Sequence[int]] = (),
+        reward: Callable[[list[list[int]], list[list[int]]], torch.Tensor] | None = None,
+        true_score: Callable[[int, list[int]], float] | None = None,
+        tokenizer: object = None,
+        device: str | None = None,
+    ):
+        if not pairs:
+            raise ValueError("no training pairs: sample more answers per prompt, or more prompts")
+        super().__init__(policy, config, tokenizer, device)
+        self.reference = freeze(reference).to(self.device)
+        self.pairs, self.held_out_pairs = list(pairs), list(held_out_pairs)
+        self.stop_ids = set(stop_ids)
+        self.held_out = [list(p) for p in held_out]
+        self.reward, self.true_score = reward, true_score
+
+    def train_step(self) -> dict[str, float]:
+        """One DPO step on a random batch of pairs."""
+        picks = torch.randint(len(self.pairs), (self.config.batch_size,), generator=self.sampler.generator).tolist()
+        batch = [self.pairs[i] for i in picks]
+        with torch.no_grad():
+            ref_c, ref_r = _pair_logprobs(self.reference, batch)
+        pi_c, pi_r = _pair_logprobs(self.model, batch)
+        loss = dpo_loss(pi_c, pi_r, ref_c, ref_r, self.config.beta)
+        grad_norm = self.optimise(loss)
+        accuracy = ((pi_c - ref_c) > (pi_r - ref_r)).float().mean().item()
+        return {"loss": loss.item(), "accuracy": accuracy, "grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out pair loss and accuracy (implicit reward), and the held-out prompts' reward, score and KL."""
+        out: dict[str, float] = {}
+        if self.held_out_pairs:
+            pi_c, pi_r = _pair_logprobs(self.model, self.held_out_pairs)
+            ref_c, ref_r = _pair_logprobs(self.reference, self.held_out_pairs)
+            out["val_loss"] = dpo_loss(pi_c, pi_r, ref_c, ref_r, self.config.beta).item()
+            out["val_accuracy"] = ((pi_c - ref_c) > (pi_r - ref_r)).float().mean().item()
+        if self.held_out:
+            out.update(
+                evaluate_policy(
+                    self.model,
+                    self.reference,
+                    self.held_out,
+                    self.stop_ids,
+                    self.config.max_new_tokens,
+                    seed=self.config.seed + 1,
+                    reward=self.reward,
+                    true_score=self.true_score,
+                )
+            )
+        return out
