@@ -114,6 +114,8 @@ def parallelize(trainer: Any, mode: str) -> None:
 
     options = StateDictOptions(full_state_dict=True)
     resumed = bool(trainer.optimizer.state)  # (asking an optimizer with no state for it would create some)
+    for p, values in list(trainer.optimizer.state.items()):  # one key order on every rank: collectives pair up by it
+        trainer.optimizer.state[p] = dict(sorted(values.items()))
     state = get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options) if resumed else None
     shard(trainer.model)
     trainer.optimizer = configure_optimizer(trainer.model, trainer.config, trainer.device)
