@@ -82,3 +82,48 @@ def test_notebook_has_a_summary_and_exercises(path):
 def test_notebooks_import_the_library_instead_of_copying_it(path):
     code = "\n".join(source(c) for c in cells(path) if c["cell_type"] == "code")
     assert "from minigpt_lib" in code or "import minigpt_lib" in code
+
+
+FENCE = re.compile(r"^\s*(`{3,}|~{3,}|:{3,})(.*)$")
+
+
+def exercises(path: Path) -> list[str]:
+    """The text of each numbered exercise: from its `N. ` line (outside any fence) to the next one."""
+    markdown = [source(c) for c in cells(path) if c["cell_type"] == "markdown"]
+    start = next((i for i, text in enumerate(markdown) if "## Exercises" in text), None)
+    assert start is not None, "no ## Exercises section"
+    lines = "\n\n".join(markdown[start:]).split("## Exercises", 1)[1].splitlines()
+    found, open_fences = [], []
+    for line in lines:
+        fence = FENCE.match(line)
+        if fence and open_fences and fence.group(1)[0] == open_fences[-1][0] and len(fence.group(1)) >= len(
+            open_fences[-1]
+        ) and not fence.group(2).strip():
+            open_fences.pop()
+        elif fence and fence.group(2).strip():
+            open_fences.append(fence.group(1))
+        elif not open_fences and re.match(r"\d+\. ", line):
+            found.append("")
+        if found:
+            found[-1] += line + "\n"
+    return found
+
+
+def dropdowns(text: str) -> list[tuple[str, str]]:
+    """(title, body) of every `{admonition}` in text that opens as a dropdown."""
+    pattern = re.compile(
+        r"^(\s*)(`{3,}|:{3,})\{admonition\}[ \t]*([^\n]*)\n\s*:class: dropdown[ \t]*\n(.*?)^\s*\2[ \t]*$",
+        re.MULTILINE | re.DOTALL,
+    )
+    return [(m.group(3).strip(), m.group(4).strip()) for m in pattern.finditer(text)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercise_has_a_hint_and_a_worked_solution_that_open_on_demand(path):
+    found = exercises(path)
+    assert found, "the Exercises section has no numbered exercise (`1. ...`)"
+    for number, text in enumerate(found, start=1):
+        assert text.startswith(f"{number}. "), f"exercise {number} is numbered {text.split('.')[0]!r}"
+        titles = [title for title, body in dropdowns(text) if body]
+        assert titles[:1] == ["Hint"], f"exercise {number} should first give a non-empty Hint dropdown; has {titles}"
+        assert "Solution" in titles[1:], f"exercise {number} has no non-empty Solution dropdown after its hint"
