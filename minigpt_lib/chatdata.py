@@ -321,13 +321,18 @@ class ChatData:
         return Example(task, [message("user", question)], string_answer(task, word, cot), {"word": word})
 
     def _fact_value(self, kind: str, rng: random.Random, split: str) -> str:
-        # Invented names and towns: with tens of thousands of them, the only way to answer is to copy from the
-        # conversation (a few dozen real names would simply be memorised, and held-out ones never recalled).
-        draw = {"name": invented_name, "city": invented_place}.get(kind, lambda r: str(r.randint(100, 999)))
+        # Names and towns drawn from thousands: the only way to answer is to copy from the conversation (a few
+        # dozen real names would simply be memorised, and held-out ones never recalled).
+        draws = {"name": lambda r: self._name(r, split), "city": invented_place}
+        draw = draws.get(kind, lambda r: str(r.randint(100, 999)))
         while True:
             value = draw(rng)
             if split_of(f"{kind}:{value}") == split:
                 return value
+
+    def _name(self, rng: random.Random, split: str) -> str:
+        # half invented, half a word of the split written as a name: copying must work for any spelling
+        return invented_name(rng) if rng.random() < 0.5 else rng.choice(self.words[split]).capitalize()
 
     def _memory(self, rng: random.Random, split: str, cot: bool) -> Example:
         kind = rng.choice(sorted(FACTS))
