@@ -8,7 +8,8 @@ What later chapters use:
 - `ChatData(text)`: `.train_examples(n, seed, cot=True)`, `.heldout_examples(n_per_family, seed, cot=True)`,
   `.example(family, split, rng, cot=True)`; each `Example` has `.family`, `.messages` (ending with the
   user's turn), `.answer` (the reference answer) and `.conversation()` (messages + reference answer);
-- `check(example, text)` -> bool: is this answer right (content; for "system", content *and* style);
+- `check(example, text)` -> bool: is this answer right (content; for "system", content *and* style; for
+  answers with working, the result after the last ', so ');
 - `style_ok(example, text)`, `refused(text)`, `REFUSAL`;
 - `score(examples, replies)` -> dict of the held-out table's rows (fractions 0..1);
   `evaluate_chat(model, tokenizer, examples)` generates the replies and scores them;
@@ -48,7 +49,7 @@ TRAIN_WEIGHTS = {
     "add": 2.0,
     "sub": 2.0,
     "add3": 1.5,
-    "reverse": 1.0,
+    "reverse": 1.3,
     "upper": 0.7,
     "count": 1.0,
     "first": 0.5,
@@ -125,10 +126,25 @@ def count_working(word: str) -> str:
     return " ".join(f"{i}{ch}" for i, ch in enumerate(word, 1)) + f", so {len(word)}"
 
 
+def reverse_working(word: str) -> str:
+    """Reversing with the working: number the letters, read them back from the last number, then join them.
+
+    '1c 2a 3t, backwards 3t 2a 1c, so tac': each backward step looks up the letter after the next lower
+    number, a lookup a small transformer does well, instead of counting positions from the end unaided.
+    """
+    numbered = [f"{i}{ch}" for i, ch in enumerate(word, 1)]
+    return f"{' '.join(numbered)}, backwards {' '.join(reversed(numbered))}, so {word[::-1]}"
+
+
+def final_answer(text: str) -> str:
+    """What follows the working's last ', so ' (the whole text when there is no working)."""
+    return text.rsplit(", so ", 1)[-1]
+
+
 def string_answer(task: str, word: str, cot: bool = True) -> str:
-    """The reference answer of a string task on `word`."""
+    """The reference answer of a string task on `word` (`cot`: with the working, for reversing and counting)."""
     if task == "reverse":
-        return word[::-1]
+        return reverse_working(word) if cot else word[::-1]
     if task == "upper":
         return word.upper()
     if task == "count":
@@ -142,13 +158,24 @@ def string_answer(task: str, word: str, cot: bool = True) -> str:
 
 # --- memory -----------------------------------------------------------------------------------------------
 
-CITIES = (
-    "Verona", "Padua", "Mantua", "Milan", "Venice", "Rome", "Naples", "Pisa", "Florence", "Vienna", "Paris",
-    "London", "York", "Oxford", "Bristol", "Dover", "Coventry", "Windsor", "Athens", "Sparta", "Troy", "Tyre",
-    "Ephesus", "Messina", "Genoa", "Bergamo", "Lyon", "Calais", "Bordeaux", "Lisbon", "Madrid", "Seville",
-    "Geneva", "Bruges", "Antwerp", "Cologne", "Prague", "Dublin", "Glasgow", "Leeds", "Exeter", "Chester",
-    "Lincoln", "Durham", "Norwich", "Bath", "Kent", "Sicily", "Corinth", "Delphi",
-)  # fmt: skip
+ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr", "st", "gr", "th")
+VOWELS = ("a", "e", "i", "o", "u")
+CODAS = ("", "", "", "n", "r", "s", "l", "th")
+PLACE_ENDINGS = ("ford", "ton", "bury", "wick", "ham", "mouth", "field", "stead")
+
+
+def invented_name(rng: random.Random) -> str:
+    """A pronounceable made-up name of two or three syllables ('Telima', 'Brosath'): tens of thousands of them."""
+    syllables = [rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(rng.choice((2, 2, 3)))]
+    return ("".join(syllables) + rng.choice(CODAS)).capitalize()
+
+
+def invented_place(rng: random.Random) -> str:
+    """A made-up town: a name of two syllables and an English ending ('Dorivford', 'Matebury')."""
+    syllables = [rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(2)]
+    return ("".join(syllables) + rng.choice(PLACE_ENDINGS)).capitalize()
+
+
 FACTS = {
     "name": ("My name is {v}.", "Nice to meet you, {v}.", "What is my name?", "Your name is {v}."),
     "city": ("I live in {v}.", "{v} sounds lovely.", "Where do I live?", "You live in {v}."),
@@ -254,8 +281,7 @@ class ChatData:
         self.speeches = speeches
         self.words = {s: [w for w in vocabulary if split_of("word:" + w) == s] for s in ("train", "test")}
         self.speakers = {s: [n for n in speakers if split_of("name:" + n) == s] for s in ("train", "test")}
-        self.cities = {s: [c for c in CITIES if split_of("city:" + c) == s] for s in ("train", "test")}
-        for kind, lists in (("words", self.words), ("speakers", self.speakers), ("cities", self.cities)):
+        for kind, lists in (("words", self.words), ("speakers", self.speakers)):
             if any(len(v) < 2 for v in lists.values()):
                 raise ValueError(f"the corpus gives too few {kind} for a train and a held-out split; use a longer text")
 
@@ -295,14 +321,18 @@ class ChatData:
         return Example(task, [message("user", question)], string_answer(task, word, cot), {"word": word})
 
     def _fact_value(self, kind: str, rng: random.Random, split: str) -> str:
-        if kind == "name":
-            return rng.choice(self.speakers[split]).capitalize()
-        if kind == "city":
-            return rng.choice(self.cities[split])
+        # Names and towns drawn from thousands: the only way to answer is to copy from the conversation (a few
+        # dozen real names would simply be memorised, and held-out ones never recalled).
+        draws = {"name": lambda r: self._name(r, split), "city": invented_place}
+        draw = draws.get(kind, lambda r: str(r.randint(100, 999)))
         while True:
-            number = str(rng.randint(100, 999))
-            if split_of("number:" + number) == split:
-                return number
+            value = draw(rng)
+            if split_of(f"{kind}:{value}") == split:
+                return value
+
+    def _name(self, rng: random.Random, split: str) -> str:
+        # half invented, half a word of the split written as a name: copying must work for any spelling
+        return invented_name(rng) if rng.random() < 0.5 else rng.choice(self.words[split]).capitalize()
 
     def _memory(self, rng: random.Random, split: str, cot: bool) -> Example:
         kind = rng.choice(sorted(FACTS))
@@ -357,7 +387,7 @@ class ChatData:
     def example(self, family: str, split: str, rng: random.Random, cot: bool = True) -> Example:
         """One example of `family` from `split` ('train' or 'test') whose conversation fits in `max_tokens`.
 
-        `cot=False` gives bare answers (the number alone) to arithmetic and counting.
+        `cot=False` gives bare answers (no working) to arithmetic, counting and reversing.
         """
         for _ in range(1000):
             example = self._draw(family, split, rng, cot)
@@ -427,6 +457,8 @@ def check(example: Example, text: str) -> bool:
         return last_integer(text) == expect["value"]
     if family == "count":
         return last_integer(text) == len(expect["word"])
+    if family == "reverse":
+        return final_answer(text) == expect["word"][::-1]
     if family in STRING_QUESTIONS:
         return text == string_answer(family, expect["word"])
     if family == "memory":

@@ -15,6 +15,9 @@ from minigpt_lib.chatdata import (
     conversation_tokens,
     few_shot_prompt,
     format_table,
+    invented_name,
+    invented_place,
+    reverse_working,
     score,
     sub_working,
 )
@@ -49,6 +52,23 @@ def test_the_working_is_written_digit_by_digit():
     assert sub_working(83, 47) == "83-47: 13-7=6, 8-1-4=3, so 36"
     assert sub_working(85, 42) == "85-42: 5-2=3, 8-4=4, so 43"
     assert add3_working(23, 45, 19) == "23+45+19: 3+5+9=17, 2+4+1+1=8, so 87"
+
+
+def test_reversing_is_written_letter_by_letter():
+    assert reverse_working("lamb") == "1l 2a 3m 4b, backwards 4b 3m 2a 1l, so bmal"
+    word = Example("reverse", [message("user", "Reverse 'lamb'.")], "", {"word": "lamb"})
+    assert check(word, reverse_working("lamb")) and check(word, "bmal")
+    assert not check(word, "1l 2a 3m 4b, backwards 4b 3m 2a 1l, so bmla")
+
+
+def test_memory_facts_are_invented_names_too_many_to_memorise(data):
+    rng = random.Random(0)
+    names = {invented_name(rng) for _ in range(2000)}
+    places = {invented_place(rng) for _ in range(2000)}
+    assert len(names) > 1500 and len(places) > 1500
+    assert all(n.isalpha() and n[0].isupper() and n[1:].islower() for n in names | places)
+    facts = [e.expect["value"] for e in data.train_examples(3000, seed=4) if e.family == "memory"]
+    assert len(set(facts)) > 0.8 * len(facts)  # nearly every training conversation names a new fact
 
 
 def test_every_step_of_the_working_is_true_arithmetic():
