@@ -34,7 +34,9 @@ from .rlhf import LoopConfig, LoopTrainer
 from .sft import finetune_trainer, finished_sft, resume_finetune, sft_config
 from .train import Trainer
 
-PREFERENCES = dict(n_prompts=800, k=4, n_heldout=10, max_new_tokens=96, temperature=1.0, min_gap=0.1, per_prompt=4)
+PREFERENCES = dict(
+    n_prompts=1000, k=4, n_heldout=20, max_new_tokens=96, temperature=1.0, min_gap=0.1, per_prompt=4, rl_requests=0.3
+)
 HELDOUT_FAMILIES = FAMILIES  # held-out prompts for preference pairs and PPO curves: every family
 N_CURVE = 4  # held-out prompts per family for the curves measured during PPO and DPO
 
@@ -76,7 +78,7 @@ def collect_preferences(
 ) -> tuple[Preferences, list, list]:
     """Sample and rank answers of `model` on training and held-out prompts; returns the pairs and both rankings."""
     s = {**PREFERENCES, **(settings or {})}
-    train_examples = preference_examples(data, s["n_prompts"], seed=11)
+    train_examples = preference_examples(data, s["n_prompts"], seed=11, rl_requests=s["rl_requests"])
     held_examples = data.heldout_examples(s["n_heldout"], seed=12, families=HELDOUT_FAMILIES)
     options = dict(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], progress_bar=progress_bar)
     train_rankings = sample_rankings(model, tokenizer, train_examples, s["k"], seed=13, **options)
@@ -321,12 +323,12 @@ def sft_stage(
 CHATBOT = {
     "full": dict(
         model=None,  # the cpu preset's shape
-        pretrain=dict(time_budget=720.0),
-        sft=dict(time_budget=540.0),
+        pretrain=dict(time_budget=600.0),
+        sft=dict(time_budget=300.0),
         sft_data={},
         preferences={},
-        reward=dict(time_budget=150.0),
-        ppo=dict(time_budget=420.0),
+        reward={},
+        ppo=dict(time_budget=300.0),
         eval_per_family=50,
     ),
     "fast": dict(

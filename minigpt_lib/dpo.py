@@ -35,6 +35,7 @@ class DPOConfig(LoopConfig):
     batch_size: int = 16
     learning_rate: float = 1e-4
     beta: float = 0.1
+    nll_coef: float = 0.0  # weight of the chosen answers' per-token negative log-likelihood, added to the loss
     max_new_tokens: int = 96
     eval_interval: int = 25
 
@@ -85,6 +86,9 @@ class DPOTrainer(LoopTrainer):
             ref_c, ref_r = _pair_logprobs(self.reference, batch)
         pi_c, pi_r = _pair_logprobs(self.model, batch)
         loss = dpo_loss(pi_c, pi_r, ref_c, ref_r, self.config.beta)
+        if self.config.nll_coef:  # keep the chosen answers likely: DPO alone only widens the gap
+            lengths = torch.tensor([len(p.chosen) for p in batch], dtype=pi_c.dtype, device=pi_c.device)
+            loss = loss + self.config.nll_coef * (-pi_c / lengths).mean()
         grad_norm = self.optimise(loss)
         accuracy = ((pi_c - ref_c) > (pi_r - ref_r)).float().mean().item()
         return {"loss": loss.item(), "accuracy": accuracy, "grad_norm": grad_norm}

@@ -142,7 +142,7 @@ def _request(data: ChatData, rng: random.Random, phrasings: Sequence[str]) -> Ex
     return Example("safe" if safe else "unsafe", [message("user", text)], answer, {"safe": safe})
 
 
-def preference_examples(data: ChatData, n: int, seed: int = 0, rl_requests: float = 0.15) -> list[Example]:
+def preference_examples(data: ChatData, n: int, seed: int = 0, rl_requests: float = 0.3) -> list[Example]:
     """`n` training prompts for this stage: chapter 8's families, plus requests in `RL_PHRASINGS` (a fraction)."""
     if set(RL_PHRASINGS) & (set(NEW_PHRASINGS) | set(TAUGHT_PHRASINGS)):
         raise ValueError("RL_PHRASINGS must differ from chapter 8's taught and held-out phrasings")

@@ -30,28 +30,38 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 
 
 class RewardModel(nn.Module):
-    """A GPT body whose final hidden state at an answer's last token goes through a linear head to one number."""
+    """A GPT body that reads an answer two ways and adds them into one number:
 
-    def __init__(self, config: GPTConfig):
+    - a linear head on the final hidden state at the answer's last token (InstructGPT's reward model);
+    - the body's own log-probability of the answer's tokens, times a learned weight. Started from the SFT
+      model, this is how likely the chat model finds the answer: a slip in a sum or a misspelt name is an
+      unlikely token, which a head reading one hidden state can hardly see.
+    """
+
+    def __init__(self, config: GPTConfig, likelihood_weight: float = 0.1):
         super().__init__()
         self.config = config
         self.body = GPT(config)
         self.head = nn.Linear(config.n_embd, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.likelihood_weight = nn.Parameter(torch.tensor(float(likelihood_weight)))
 
     @classmethod
-    def from_gpt(cls, gpt: GPT) -> RewardModel:
+    def from_gpt(cls, gpt: GPT, likelihood_weight: float = 0.1) -> RewardModel:
         """A reward model that starts from `gpt`'s weights (the SFT model) and a head giving 0 to everything."""
-        model = cls(gpt.config)
+        model = cls(gpt.config, likelihood_weight)
         model.body.load_state_dict(gpt.state_dict())
         return model.to(next(gpt.parameters()).device)
 
     def forward(self, batch: Completions) -> torch.Tensor:
-        """(B,) the reward of each completion, read at its last token."""
+        """(B,) the reward of each completion: head(last hidden state) + weight * log p(answer | prompt)."""
         hidden = self.body.features(batch.ids)
         last = hidden[torch.arange(hidden.size(0), device=hidden.device), batch.lengths - 1]
-        return self.head(last).squeeze(-1)
+        logits = self.body.lm_head(hidden[:, :-1]).float()
+        logp = torch.gather(F.log_softmax(logits, dim=-1), 2, batch.ids[:, 1:, None]).squeeze(2)
+        likelihood = (logp * batch.answer_mask()).sum(dim=1)
+        return self.head(last).squeeze(-1) + self.likelihood_weight * likelihood
 
 
 @torch.no_grad()
@@ -86,13 +96,15 @@ def pairwise_accuracy(model: RewardModel, pairs: Sequence[Pair], batch_size: int
 
 @dataclass
 class RewardConfig(LoopConfig):
-    """How to train a reward model."""
+    """How to train a reward model. `train_body=False` trains only the head and the likelihood weight: with a few
+    hundred pairs, letting the whole network move fits the training pairs and ranks held-out ones worse."""
 
-    max_steps: int = 200
+    max_steps: int = 20
     batch_size: int = 16
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    eval_interval: int = 25
+    eval_interval: int = 5
+    train_body: bool = False
 
 
 class RewardTrainer(LoopTrainer):
@@ -109,6 +121,8 @@ class RewardTrainer(LoopTrainer):
     ):
         if not pairs:
             raise ValueError("no training pairs: sample more answers per prompt, or more prompts")
+        for p in model.body.parameters():
+            p.requires_grad_(config.train_body)
         super().__init__(model, config, tokenizer, device)
         self.pairs, self.held_out = list(pairs), list(held_out)
 

@@ -131,10 +131,18 @@ def toy_pairs(n: int, seed: int) -> list[Pair]:
     return pairs
 
 
+def test_reward_model_starts_as_the_weighted_likelihood_of_the_answer(gpt):
+    model = RewardModel.from_gpt(gpt, likelihood_weight=0.25)
+    batch = make_completions([[3, 4], [5]], [[GOOD, STOP], [BAD, BAD, STOP]])
+    with torch.no_grad():
+        expected = 0.25 * sequence_logprob(gpt, batch)
+        assert torch.allclose(model(batch), expected, atol=1e-6)
+
+
 def test_reward_model_learns_a_separable_preference(gpt):
-    model = RewardModel.from_gpt(gpt)
+    model = RewardModel.from_gpt(gpt, likelihood_weight=0.0)
     held_out = toy_pairs(20, seed=2)
-    assert pairwise_accuracy(model, held_out) == 0.5  # a zero head scores every answer the same
+    assert pairwise_accuracy(model, held_out) == 0.5  # a zero head and weight score every answer the same
     config = RewardConfig(max_steps=40, batch_size=8, learning_rate=3e-3, eval_interval=20)
     trainer = RewardTrainer(model, toy_pairs(50, seed=1), held_out, config)
     trainer.train(progress_bar=False)
