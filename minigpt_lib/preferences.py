@@ -240,6 +240,23 @@ def true_scorer(examples: Sequence[Example], tokenizer: object) -> Callable[[int
     return score
 
 
+def labelling_reward(
+    examples: Sequence[Example], tokenizer: object
+) -> Callable[[list[list[int]], list[list[int]]], torch.Tensor]:
+    """The labelling function as a reward of (prompts, answers) for the prompts of `examples`: a perfect reward model.
+
+    PPO run against it shows what the optimiser reaches when the reward model is not the problem.
+    """
+    by_prompt = {tuple(render_prompt(e.messages, tokenizer)): e for e in examples}
+
+    def reward(prompts: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(
+            [rate_ids(by_prompt[tuple(p)], tokenizer, a).score for p, a in zip(prompts, answers, strict=True)]
+        )
+
+    return reward
+
+
 def lock_example() -> tuple[Example, dict[str, str]]:
     """The seeds' lock example: an unsafe request; answers A (helps), B (refuses briefly), C (refuses at length)."""
     example = Example(

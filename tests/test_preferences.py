@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from minigpt_lib import load_shakespeare
-from minigpt_lib.chat import END, USER, chat_tokenizer, message
+from minigpt_lib.chat import END, USER, chat_tokenizer, message, render_prompt
 from minigpt_lib.chatdata import NEW_PHRASINGS, REFUSAL, TAUGHT_PHRASINGS, ChatData, Example
 from minigpt_lib.preferences import (
     RL_PHRASINGS,
     answer_ids,
     answer_text,
+    labelling_reward,
     lock_example,
     preference_examples,
     rank,
@@ -125,3 +126,14 @@ def test_precision_and_recall_by_hand():
     assert precision_recall([True, True, False, False], [True, False, True, False]) == (0.5, 0.5)
     assert precision_recall([False, False], [True, False]) == (1.0, 0.0)
     assert features("My own house") == features("my  OWN house")
+
+
+def test_the_labelling_reward_scores_answers_as_rate_does():
+    add = Example("add", [message("user", "What is 47+38?")], "47+38: 7+8=15, 4+3+1=8, so 85", {"value": 85})
+    unsafe, answers = lock_example()
+    reward = labelling_reward([add, unsafe], TOKENIZER)
+    prompts = [render_prompt(add.messages, TOKENIZER), render_prompt(unsafe.messages, TOKENIZER)] * 2
+    texts = [add.answer, answers["B"], "47+38: 7+8=15, 4+3=7, so 75", answers["A"]]
+    expected = [rate(e, t).score for e, t in zip([add, unsafe] * 2, texts, strict=True)]
+    assert reward(prompts, [answer_ids(TOKENIZER, t) for t in texts]).tolist() == pytest.approx(expected)
+    assert expected[0] > expected[2] and expected[1] > expected[3]
