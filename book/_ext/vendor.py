@@ -71,14 +71,16 @@ PACKAGES = (
     ),
 )
 
-# The widget manager finds its fonts next to where require.js thinks it lives, which by default is
-# a folder named after the npm package under the page's own folder; this points it at our copy.
-# _config.yml loads it between require.js and embed-amd.js.
+# The widget manager and the widget modules it bundles (@jupyter-widgets/base, /controls, whose
+# buttons load icon fonts) find their files next to where require.js thinks they live, which by
+# default is a folder named after the npm package under the page's own folder; this points every
+# one of them at our copy. _config.yml loads it between require.js and embed-amd.js.
 WIDGETS_CONFIG = "jupyter-widgets/config.js"
 WIDGETS_CONFIG_JS = """// Written by book/_ext/vendor.py: the widget manager's files are served from this folder.
-require.config({
-  paths: {"@jupyter-widgets/html-manager/dist": new URL(".", document.currentScript.src).href.replace(/\\/$/, "")},
-});
+(function () {
+  var here = new URL(".", document.currentScript.src).href.replace(/\\/$/, "");
+  require.config({paths: {"@jupyter-widgets/html-manager/dist": here, "@jupyter-widgets": here}});
+})();
 """
 
 
