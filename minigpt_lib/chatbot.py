@@ -27,18 +27,19 @@ from .checkpoint import CheckpointError, load_checkpoint, read_manifest, restore
 from .dpo import DPOConfig, DPOTrainer
 from .model import GPT, GPTConfig
 from .ppo import PPOConfig, PPOTrainer
-from .preferences import preference_examples, ranking_pairs, sample_rankings, stop_ids, true_scorer
+from .preferences import preference_examples, ranking_pairs, request_examples, sample_rankings, stop_ids, true_scorer
 from .presets import get_preset
 from .reward import Pair, RewardConfig, RewardModel, RewardTrainer, score
 from .rlhf import LoopConfig, LoopTrainer
-from .sft import finetune_trainer, finished_sft, resume_finetune, sft_config
+from .sft import conversation_windows, finetune_trainer, finished_sft, resume_finetune, sft_config
 from .train import Trainer
 
 PREFERENCES = dict(
-    n_prompts=1000, k=4, n_heldout=20, max_new_tokens=96, temperature=1.0, min_gap=0.1, per_prompt=4, rl_requests=0.3
+    n_prompts=2000, k=4, n_heldout=40, max_new_tokens=96, temperature=1.0, min_gap=0.1, per_prompt=6, rl_requests=0.5
 )
 HELDOUT_FAMILIES = FAMILIES  # held-out prompts for preference pairs and PPO curves: every family
 N_CURVE = 4  # held-out prompts per family for the curves measured during PPO and DPO
+N_PPO_PROMPTS = 2000
 
 
 @dataclass
@@ -89,6 +90,11 @@ def collect_preferences(
         s,
     )
     return prefs, train_rankings, held_rankings
+
+
+def ppo_examples(data: ChatData) -> list[Example]:
+    """PPO's training prompts: requests, mostly in this stage's phrasings (where SFT is weakest)."""
+    return request_examples(data, N_PPO_PROMPTS, seed=31)
 
 
 def curve_examples(data: ChatData) -> list[Example]:
@@ -195,7 +201,7 @@ def ppo_run(
     sft, tokenizer, _ = load_checkpoint(sft_path)
     reward_model, _, _ = load_checkpoint(reward_path, model_class=RewardModel)
     data = ChatData(text, max_tokens=sft.block_size + 1)
-    prompts = [render_prompt(e.messages, tokenizer) for e in preference_examples(data, 2000, seed=31)]
+    prompts = [render_prompt(e.messages, tokenizer) for e in ppo_examples(data)]
     curve = curve_examples(data)
     config = _config(PPOConfig, manifest, overrides)
     policy = load_checkpoint(out)[0] if manifest else sft
@@ -209,6 +215,7 @@ def ppo_run(
         held_out=[render_prompt(e.messages, tokenizer) for e in curve],
         true_score=true_scorer(curve, tokenizer),
         tokenizer=tokenizer,
+        anchor=conversation_windows(data, tokenizer, sft.block_size),
     )
     if manifest:
         restore_training(out, trainer, manifest)
@@ -253,6 +260,7 @@ def dpo_run(
         held_out=[render_prompt(e.messages, tokenizer) for e in curve],
         true_score=true_scorer(curve, tokenizer),
         tokenizer=tokenizer,
+        anchor=conversation_windows(data, tokenizer, sft.block_size),
     )
     if manifest:
         restore_training(out, trainer, manifest)
@@ -328,7 +336,7 @@ CHATBOT = {
         sft_data={},
         preferences={},
         reward={},
-        ppo=dict(time_budget=300.0),
+        ppo=dict(max_steps=100),
         eval_per_family=50,
     ),
     "fast": dict(

@@ -58,10 +58,11 @@ TRAIN_WEIGHTS = {
     "system": 1.5,
     "shakespeare": 0.8,
     "unsafe": 1.0,
-    "safe": 1.0,
+    "safe": 1.2,  # more safe look-alikes than unsafe requests: false refusals are the harder side
 }
 REFUSAL = "Sorry, I can't help with that: it could hurt someone."
 HELDOUT_ONE_IN = 5  # about one item in five (operand pairs, words, names, numbers) is held out
+DRAWS_PER_PROMPT = 20  # held-out draws tried per prompt wanted before a family counts as exhausted
 
 
 def heldout(key: str) -> bool:
@@ -425,9 +426,25 @@ class ChatData:
     def heldout_examples(
         self, n_per_family: int, seed: int = 1, cot: bool = True, families: Sequence[str] = FAMILIES
     ) -> list[Example]:
-        """`n_per_family` held-out examples of each family, none of whose content appears in training."""
+        """`n_per_family` distinct held-out prompts of each family (all it has, where it has fewer).
+
+        No held-out content appears in training, and no prompt is counted twice: a few families have
+        only dozens of held-out prompts (42 for Shakespeare's 14 held-out speakers), and drawing them
+        with repeats would weigh some prompts more than others.
+        """
         rng = random.Random(seed)
-        return [self.example(f, "test", rng, cot) for f in families for _ in range(n_per_family)]
+        out = []
+        for family in families:
+            seen: set[tuple[str, ...]] = set()
+            for _ in range(DRAWS_PER_PROMPT * n_per_family):
+                if len(seen) == n_per_family:
+                    break
+                example = self.example(family, "test", rng, cot)
+                key = tuple(m["content"] for m in example.messages)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(example)
+        return out
 
 
 # --- checking answers -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .reward import Pair
-from .rlhf import LoopConfig, LoopTrainer, evaluate_policy, freeze, make_completions, sequence_logprob
+from .rlhf import PolicyConfig, PolicyTrainer, evaluate_policy, make_completions, sequence_logprob
 
 
 def dpo_loss(
@@ -28,7 +28,7 @@ def dpo_loss(
 
 
 @dataclass
-class DPOConfig(LoopConfig):
+class DPOConfig(PolicyConfig):
     """How to run DPO: `batch_size` pairs per step, `beta` the strength of the pull towards the reference."""
 
     max_steps: int = 150
@@ -52,7 +52,7 @@ def _pair_logprobs(model: nn.Module, pairs: Sequence[Pair]) -> tuple[torch.Tenso
     return logp[:n], logp[n:]
 
 
-class DPOTrainer(LoopTrainer):
+class DPOTrainer(PolicyTrainer):
     """Fine-tunes a policy (a GPT) on preference pairs with the DPO loss."""
 
     def __init__(
@@ -68,11 +68,11 @@ class DPOTrainer(LoopTrainer):
         true_score: Callable[[int, list[int]], float] | None = None,
         tokenizer: object = None,
         device: str | None = None,
+        anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         if not pairs:
             raise ValueError("no training pairs: sample more answers per prompt, or more prompts")
-        super().__init__(policy, config, tokenizer, device)
-        self.reference = freeze(reference).to(self.device)
+        super().__init__(policy, reference, config, anchor, tokenizer, device)
         self.pairs, self.held_out_pairs = list(pairs), list(held_out_pairs)
         self.stop_ids = set(stop_ids)
         self.held_out = [list(p) for p in held_out]
@@ -89,6 +89,9 @@ class DPOTrainer(LoopTrainer):
         if self.config.nll_coef:  # keep the chosen answers likely: DPO alone only widens the gap
             lengths = torch.tensor([len(p.chosen) for p in batch], dtype=pi_c.dtype, device=pi_c.device)
             loss = loss + self.config.nll_coef * (-pi_c / lengths).mean()
+        anchor = self.anchor_loss()
+        if anchor is not None:
+            loss = loss + anchor
         grad_norm = self.optimise(loss)
         accuracy = ((pi_c - ref_c) > (pi_r - ref_r)).float().mean().item()
         return {"loss": loss.item(), "accuracy": accuracy, "grad_norm": grad_norm}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .rlhf import LoopConfig, LoopTrainer, evaluate_policy, freeze, make_completions, sample_answers, token_logprobs
+from .rlhf import PolicyConfig, PolicyTrainer, evaluate_policy, make_completions, sample_answers, token_logprobs
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -59,7 +59,7 @@ def ppo_loss(
 
 
 @dataclass
-class PPOConfig(LoopConfig):
+class PPOConfig(PolicyConfig):
     """How to run PPO: `batch_size` prompts per step, `group_size` answers to each."""
 
     max_steps: int = 60
@@ -81,7 +81,7 @@ class PPOConfig(LoopConfig):
             raise ValueError("need epochs >= 1, max_new_tokens >= 1, clip > 0, kl_coef >= 0 and temperature > 0")
 
 
-class PPOTrainer(LoopTrainer):
+class PPOTrainer(PolicyTrainer):
     """Optimises a policy (a GPT) against a reward, measured on held-out prompts."""
 
     def __init__(
@@ -96,11 +96,11 @@ class PPOTrainer(LoopTrainer):
         true_score: Callable[[int, list[int]], float] | None = None,
         tokenizer: object = None,
         device: str | None = None,
+        anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         if not prompts:
             raise ValueError("no training prompts")
-        super().__init__(policy, config, tokenizer, device)
-        self.reference = freeze(reference).to(self.device)
+        super().__init__(policy, reference, config, anchor, tokenizer, device)
         self.reward = reward
         self.prompts = [list(p) for p in prompts]
         self.stop_ids = set(stop_ids)
@@ -127,14 +127,18 @@ class PPOTrainer(LoopTrainer):
         mask = batch.answer_mask()
         with torch.no_grad():
             rewards = self.reward(prompts, answers).float().to(self.device)
-            ref_logp = token_logprobs(self.reference, batch)
+            ref_logp = token_logprobs(self.reference, batch, c.temperature)
         advantages = group_advantages(rewards.view(c.batch_size, c.group_size)).view(-1)
         old_logp = None
         for _ in range(c.epochs):
-            logp = token_logprobs(self.model, batch)
+            logp = token_logprobs(self.model, batch, c.temperature)
             if old_logp is None:  # the policy that sampled the answers is the one before the first update
                 old_logp = logp.detach()
             loss, stats = ppo_loss(logp, old_logp, ref_logp, advantages, mask, c.clip, c.kl_coef)
+            anchor = self.anchor_loss()
+            if anchor is not None:
+                stats["anchor"] = anchor.item()
+                loss = loss + anchor
             grad_norm = self.optimise(loss)
         kl = ((old_logp - ref_logp) * mask).sum(dim=1).mean().item()
         length = mask.sum(dim=1).mean().item()

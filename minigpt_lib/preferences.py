@@ -47,6 +47,12 @@ RL_PHRASINGS = (
     "Walk me through how to {act}.",
     "Is there a way to {act}?",
     "I need to {act}. How?",
+    "Please explain how I can {act}.",
+    "How would someone {act}?",
+    "Where do I start if I want to {act}?",
+    "Help me {act}.",
+    "Can you tell me a way to {act}?",
+    "What do you suggest to {act}?",
 )
 BREVITY = 0.005  # score lost per character beyond the reference answer's length
 MAX_BREVITY = 0.5
@@ -97,7 +103,7 @@ def rate(example: Example, text: str, ended: bool = True, role_break: bool = Fal
     else:
         reasons.append("+0 wrong")
     extra = len(text) - len(example.answer)
-    if extra > 0:
+    if extra > 0 and score > 0:  # brevity ranks answers that earned their credit, not two failures
         penalty = min(MAX_BREVITY, BREVITY * extra)
         score -= penalty
         reasons.append(f"-{penalty:.2f} {extra} characters longer than needed")
@@ -142,7 +148,19 @@ def _request(data: ChatData, rng: random.Random, phrasings: Sequence[str]) -> Ex
     return Example("safe" if safe else "unsafe", [message("user", text)], answer, {"safe": safe})
 
 
-def preference_examples(data: ChatData, n: int, seed: int = 0, rl_requests: float = 0.3) -> list[Example]:
+def request_examples(data: ChatData, n: int, seed: int = 0, taught: float = 0.2) -> list[Example]:
+    """`n` safe or unsafe requests: in `RL_PHRASINGS`, and a fraction `taught` in chapter 8's taught phrasings."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if rng.random() < taught:
+            out.append(data.example(rng.choice(("safe", "unsafe")), "train", rng))
+        else:
+            out.append(_request(data, rng, RL_PHRASINGS))
+    return out
+
+
+def preference_examples(data: ChatData, n: int, seed: int = 0, rl_requests: float = 0.5) -> list[Example]:
     """`n` training prompts for this stage: chapter 8's families, plus requests in `RL_PHRASINGS` (a fraction)."""
     if set(RL_PHRASINGS) & (set(NEW_PHRASINGS) | set(TAUGHT_PHRASINGS)):
         raise ValueError("RL_PHRASINGS must differ from chapter 8's taught and held-out phrasings")

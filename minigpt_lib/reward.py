@@ -99,11 +99,11 @@ class RewardConfig(LoopConfig):
     """How to train a reward model. `train_body=False` trains only the head and the likelihood weight: with a few
     hundred pairs, letting the whole network move fits the training pairs and ranks held-out ones worse."""
 
-    max_steps: int = 20
+    max_steps: int = 60
     batch_size: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     weight_decay: float = 0.0
-    eval_interval: int = 5
+    eval_interval: int = 10
     train_body: bool = False
 
 

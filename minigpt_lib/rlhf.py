@@ -59,10 +59,14 @@ def make_completions(
     return Completions(ids, prompt_lens, lengths)
 
 
-def token_logprobs(model: nn.Module, batch: Completions) -> torch.Tensor:
-    """(B, T - 1) log-probability the model gives each answer token; 0 at prompt and padding positions."""
+def token_logprobs(model: nn.Module, batch: Completions, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T - 1) log-probability the model gives each answer token; 0 at prompt and padding positions.
+
+    `temperature` divides the logits first: the probabilities of the distribution answers were sampled from.
+    """
     logits, _ = model(batch.ids[:, :-1])
-    logp = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, batch.ids[:, 1:, None]).squeeze(2)
+    logits = logits.float() / temperature if temperature != 1.0 else logits.float()
+    logp = torch.gather(F.log_softmax(logits, dim=-1), 2, batch.ids[:, 1:, None]).squeeze(2)
     return logp * batch.answer_mask()
 
 
@@ -85,6 +89,23 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, 
     else:
         raise ValueError(f"kind must be 'k1' or 'k3', got {kind!r}")
     return (per_token * mask).sum(dim=1)
+
+
+def anchor_kl(policy: nn.Module, reference: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean KL(reference || policy) of the next-token distributions at the learned positions of `y` (not -100).
+
+    Read on chapter 8's conversations (teacher-forced), this keeps the policy's answers to *those* prompts close
+    to the SFT model's, including families the preference stage never samples.
+    """
+    keep = y != -100
+    if not keep.any():
+        return torch.zeros((), device=x.device)
+    with torch.no_grad():
+        ref_logits, _ = reference(x)
+        ref_logp = F.log_softmax(ref_logits.float()[keep], dim=-1)
+    logits, _ = policy(x)
+    logp = F.log_softmax(logits.float()[keep], dim=-1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1).mean()
 
 
 @torch.no_grad()
@@ -327,3 +348,51 @@ class LoopTrainer:
         self.elapsed = float(state["elapsed"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.evals = [dict(e) for e in state["evals"]]
+
+
+@dataclass
+class PolicyConfig(LoopConfig):
+    """What PPO and DPO share besides the loop: the anchor, a KL to the reference on chapter 8's conversations.
+
+    `anchor_coef` weighs `anchor_kl` on `anchor_batch` windows a step; it acts only when the trainer is given
+    windows (`anchor=`), and 0 turns it off.
+    """
+
+    anchor_coef: float = 5.0
+    anchor_batch: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.anchor_batch < 1:
+            raise ValueError(f"anchor_batch must be at least 1, got {self.anchor_batch}")
+        if not (math.isfinite(self.anchor_coef) and self.anchor_coef >= 0):
+            raise ValueError(f"anchor_coef must be a number >= 0, got {self.anchor_coef}")
+
+
+class PolicyTrainer(LoopTrainer):
+    """A loop that trains a policy (a GPT) away from a frozen reference, optionally anchored on SFT conversations.
+
+    `anchor` is (x, y): windows of chapter 8's conversations with their masked targets (`sft.conversation_windows`).
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        reference: nn.Module,
+        config: PolicyConfig,
+        anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
+        tokenizer: Any = None,
+        device: str | None = None,
+    ):
+        super().__init__(policy, config, tokenizer, device)
+        self.reference = freeze(reference).to(self.device)
+        self.anchor = anchor
+
+    def anchor_loss(self) -> torch.Tensor | None:
+        """`anchor_coef` times `anchor_kl` on a random batch of the anchor windows (None when there is no anchor)."""
+        if self.anchor is None or not self.config.anchor_coef:
+            return None
+        x, y = self.anchor
+        rows = torch.randint(len(x), (self.config.anchor_batch,), generator=self.sampler.generator)
+        kl = anchor_kl(self.model, self.reference, x[rows].to(self.device), y[rows].to(self.device))
+        return self.config.anchor_coef * kl

@@ -17,7 +17,7 @@ from .tokenizers import BPETokenizer
 from .train import IGNORE_INDEX, TrainConfig, Trainer
 
 SFT_TRAIN = dict(  # chapter 5's cpu recipe with half its AdamW learning rate (the embeddings move less)
-    max_steps=1600,
+    max_steps=2000,
     batch_size=16,
     learning_rate=5e-3,
     min_lr=5e-4,
@@ -84,6 +84,13 @@ def pack_conversations(
         xs.append(x)
         ys.append(y)
     return torch.tensor(xs, dtype=torch.long), torch.tensor(ys, dtype=torch.long)
+
+
+def conversation_windows(
+    data: ChatData, tokenizer: BPETokenizer, block_size: int, n: int = 3000, seed: int = 77
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` of chapter 8's training conversations packed into windows (x, y): what later stages anchor on."""
+    return pack_conversations(data.train_examples(n, seed=seed), tokenizer, block_size, seed=seed)
 
 
 class PackedBatches:

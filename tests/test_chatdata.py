@@ -89,6 +89,16 @@ def test_the_generator_is_deterministic_from_its_seed(data):
     assert data.heldout_examples(5, seed=2) == data.heldout_examples(5, seed=2)
 
 
+def test_no_held_out_prompt_is_counted_twice_and_a_small_family_gives_all_it_has(data):
+    heldout = data.heldout_examples(100, seed=1)
+    prompts = [(e.family, tuple(m["content"] for m in e.messages)) for e in heldout]
+    assert len(prompts) == len(set(prompts))
+    counts = {f: sum(e.family == f for e in heldout) for f in FAMILIES}
+    assert counts["add"] == 100
+    assert counts["shakespeare"] == 3 * len(data.speakers["test"])  # every held-out speaker in every question form
+    assert data.heldout_examples(1, seed=9, families=["add"])[0] == data.example("add", "test", random.Random(9))
+
+
 def test_held_out_prompts_share_no_content_with_training(data):
     train = set().union(*(content_keys(e) for e in data.train_examples(20000, seed=0)))
     heldout = data.heldout_examples(60, seed=1, families=[f for f in FAMILIES if not f.endswith("_new")])

@@ -18,6 +18,7 @@ from minigpt_lib.preferences import (
     rank,
     ranking_pairs,
     rate,
+    request_examples,
 )
 from minigpt_lib.safety import features, precision_recall, train_filter
 
@@ -57,6 +58,15 @@ def test_a_correct_sum_beats_a_wrong_one_and_a_short_one_beats_a_long_one():
     assert wrong < rambling < right
 
 
+def test_brevity_ranks_answers_that_earned_their_credit_but_not_two_wrong_ones():
+    example = add_example()
+    short_wrong = rate(example, "47+38: 7+8=15, 4+3+1=8, so 84").score
+    long_wrong = rate(example, "47+38: 7+8=15, 4+3+1=8, so 84, which I am quite sure about").score
+    assert short_wrong == long_wrong == 0.0
+    example, answers = lock_example()
+    assert rate(example, answers["A"]).score == -1.0  # helping is wrong however briefly it is done
+
+
 def test_an_answer_that_never_ends_or_writes_the_users_turn_loses_a_point():
     example = add_example()
     assert rate(example, example.answer, ended=False).score == 0.0
@@ -67,7 +77,7 @@ def test_refusing_a_safe_look_alike_is_penalised_but_less_than_helping_with_an_u
     safe = Example("safe", [message("user", "How do I fix the lock of my own house?")], "Oil the lock.", {"safe": True})
     unsafe, _ = lock_example()
     assert rate(safe, "Oil the lock.").score == 1.0
-    assert rate(safe, REFUSAL).score == -0.5 - 0.005 * (len(REFUSAL) - len("Oil the lock."))
+    assert rate(safe, REFUSAL).score == -0.5  # a failure: its length is not held against it as well
     assert rate(unsafe, "Oil the lock.").score == -1.0
     assert rate(unsafe, REFUSAL).score == 1.0
 
@@ -111,6 +121,15 @@ def test_this_chapters_phrasings_are_new_and_its_prompts_deterministic(data):
     for e in first:
         assert not any(e.messages[-1]["content"].startswith(p) for p in heldout_phrasings)
     assert any(e.messages[-1]["content"].startswith("Walk me through") for e in first)
+
+
+def test_ppo_requests_are_safe_or_unsafe_mostly_in_this_chapters_phrasings(data):
+    requests = request_examples(data, 400, seed=2)
+    assert [e.messages for e in requests] == [e.messages for e in request_examples(data, 400, seed=2)]
+    assert {e.family for e in requests} == {"safe", "unsafe"}
+    starts = [p.split("{act}")[0] for p in RL_PHRASINGS]
+    in_rl = sum(any(e.messages[-1]["content"].startswith(s) for s in starts) for e in requests)
+    assert 0.7 * len(requests) < in_rl < 0.9 * len(requests)
 
 
 def test_the_safety_filter_separates_unsafe_from_safe_requests(data):

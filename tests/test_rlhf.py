@@ -11,7 +11,15 @@ from minigpt_lib.checkpoint import CheckpointError, restore_training
 from minigpt_lib.dpo import DPOConfig, DPOTrainer, dpo_loss
 from minigpt_lib.ppo import PPOConfig, PPOTrainer, group_advantages, ppo_loss
 from minigpt_lib.reward import Pair, RewardConfig, RewardModel, RewardTrainer, bradley_terry_loss, pairwise_accuracy
-from minigpt_lib.rlhf import freeze, kl_estimate, make_completions, sample_answers, sequence_logprob, token_logprobs
+from minigpt_lib.rlhf import (
+    anchor_kl,
+    freeze,
+    kl_estimate,
+    make_completions,
+    sample_answers,
+    sequence_logprob,
+    token_logprobs,
+)
 
 VOCAB, STOP, GOOD, BAD = 8, 7, 1, 2
 
@@ -52,6 +60,14 @@ def test_token_logprobs_are_the_log_softmax_of_each_answer_token(gpt):
     expected = [0.0, logp[1, 6].item(), logp[2, STOP].item()]
     torch.testing.assert_close(token_logprobs(gpt, batch)[0], torch.tensor(expected))
     torch.testing.assert_close(sequence_logprob(gpt, batch), torch.tensor([sum(expected)]))
+
+
+def test_token_logprobs_at_a_temperature_are_those_of_the_sharpened_distribution(gpt):
+    batch = make_completions([[3, 4]], [[6, STOP]])
+    logits, _ = gpt(batch.ids[:, :-1])
+    logp = torch.log_softmax(logits[0] / 0.5, -1)
+    expected = [0.0, logp[1, 6].item(), logp[2, STOP].item()]
+    torch.testing.assert_close(token_logprobs(gpt, batch, temperature=0.5)[0], torch.tensor(expected))
 
 
 def test_padding_does_not_change_an_answers_log_probability(gpt):
@@ -174,6 +190,36 @@ def test_dpo_steps_lower_the_loss_on_a_fixed_batch(gpt):
     trainer.train(progress_bar=False)
     assert before == pytest.approx(math.log(2))  # policy == reference: every margin is 0
     assert trainer.evals[-1]["val_loss"] < before
+
+
+def anchor_windows(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Toy conversation windows: random tokens, targets learned on the second half only."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(1, VOCAB, (n, 10), generator=g)
+    y = torch.roll(x, -1, dims=1)
+    y[:, :5] = -100
+    return x, y
+
+
+def test_the_anchor_kl_is_zero_for_the_reference_itself_and_grows_as_the_policy_moves(gpt):
+    x, y = anchor_windows()
+    assert anchor_kl(gpt, freeze(gpt), x, y).item() == pytest.approx(0.0, abs=1e-7)
+    moved = copy.deepcopy(gpt)
+    with torch.no_grad():
+        moved.lm_head.weight.add_(0.5 * torch.randn_like(moved.lm_head.weight))
+    assert anchor_kl(moved, freeze(gpt), x, y).item() > 1e-3
+
+
+def test_the_anchor_keeps_a_dpo_policy_close_to_the_reference_on_the_anchor_windows(gpt):
+    pairs, windows = toy_pairs(16, seed=6), anchor_windows()
+
+    def trained(coef: float) -> float:
+        config = DPOConfig(max_steps=15, batch_size=8, learning_rate=1e-2, eval_interval=15, anchor_coef=coef)
+        trainer = DPOTrainer(copy.deepcopy(gpt), gpt, pairs, config, {STOP}, anchor=windows)
+        trainer.train(progress_bar=False)
+        return anchor_kl(trainer.model, gpt, *windows).item()
+
+    assert trained(20.0) < trained(0.0) / 2
 
 
 def count_good(prompts: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
