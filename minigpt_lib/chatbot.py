@@ -27,7 +27,15 @@ from .checkpoint import CheckpointError, load_checkpoint, read_manifest, restore
 from .dpo import DPOConfig, DPOTrainer
 from .model import GPT, GPTConfig
 from .ppo import PPOConfig, PPOTrainer
-from .preferences import preference_examples, ranking_pairs, request_examples, sample_rankings, stop_ids, true_scorer
+from .preferences import (
+    distinct_pairs,
+    preference_examples,
+    ranking_pairs,
+    request_examples,
+    sample_rankings,
+    stop_ids,
+    true_scorer,
+)
 from .presets import get_preset
 from .reward import Pair, RewardConfig, RewardModel, RewardTrainer, score
 from .rlhf import LoopConfig, LoopTrainer
@@ -44,7 +52,8 @@ N_PPO_PROMPTS = 2000
 
 @dataclass
 class Preferences:
-    """Preference pairs from rankings of sampled answers: for training, and from held-out prompts."""
+    """Preference pairs from rankings of sampled answers: for training, and from held-out prompts (each distinct
+    pair once, so that accuracy counts every preference once)."""
 
     train: list[Pair]
     held_out: list[Pair]
@@ -86,7 +95,7 @@ def collect_preferences(
     held_rankings = sample_rankings(model, tokenizer, held_examples, s["k"], seed=14, **options)
     prefs = Preferences(
         ranking_pairs(train_rankings, s["min_gap"], s["per_prompt"], seed=15),
-        ranking_pairs(held_rankings, s["min_gap"], s["per_prompt"], seed=16),
+        distinct_pairs(ranking_pairs(held_rankings, s["min_gap"], s["per_prompt"], seed=16)),
         s,
     )
     return prefs, train_rankings, held_rankings
@@ -177,7 +186,7 @@ def reward_run(
         restore_training(out, trainer, manifest)
         log(f"resuming {out} at step {trainer.step}")
     trainer.meta = {"stage": "reward", "sft": str(sft_path), "pairs": prefs.digest()}
-    log(f"reward model: {len(prefs.train)} training pairs, {len(prefs.held_out)} held-out pairs")
+    log(f"reward model: {len(prefs.train)} training pairs, {len(prefs.held_out)} distinct held-out pairs")
     wall = _train(trainer, out, quiet, "reward model", log)
     log(f"trained {trainer.step} steps in {wall:.1f} s; saved to {out}")
     log(f"held-out pairwise accuracy={trainer.evals[-1]['val_accuracy']:.4f}")

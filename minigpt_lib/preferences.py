@@ -249,6 +249,22 @@ def ranking_pairs(
     return pairs
 
 
+def distinct_pairs(pairs: Sequence[Pair]) -> list[Pair]:
+    """Each (prompt, chosen, rejected) once, in first-seen order.
+
+    Two of a prompt's sampled answers are often the same text (a sum the model always gets right), and
+    each copy makes the same pair again. For training the copies are kept: an answer the model writes
+    twice as often weighs twice. For measuring they are not: one preference should count once.
+    """
+    seen, out = set(), []
+    for p in pairs:
+        key = (tuple(p.prompt), tuple(p.chosen), tuple(p.rejected))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
 def true_scorer(examples: Sequence[Example], tokenizer: object) -> Callable[[int, list[int]], float]:
     """The labelling function as `score(i, answer_ids)` for the answer to `examples[i]` (what PPO is measured by)."""
 

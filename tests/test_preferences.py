@@ -12,6 +12,7 @@ from minigpt_lib.preferences import (
     RL_PHRASINGS,
     answer_ids,
     answer_text,
+    distinct_pairs,
     labelling_reward,
     lock_example,
     preference_examples,
@@ -111,6 +112,11 @@ def test_rank_sorts_answers_best_first_and_pairs_need_a_gap():
         assert rate(example, answer_text(TOKENIZER, pair.chosen)[0]).score >= 0.9
         assert answer_text(TOKENIZER, pair.rejected)[0] == "so 84"
     assert len(ranking_pairs([ranking], min_gap=0.1, max_per_prompt=2)) == 2
+    # each right answer beats both copies of "so 84": the same pair twice, kept once by distinct_pairs
+    distinct = distinct_pairs(pairs)
+    assert len(distinct) == 2
+    assert {tuple(p.chosen) for p in distinct} == {tuple(ranking.answers[0]), tuple(ranking.answers[1])}
+    assert distinct_pairs(distinct + distinct[::-1]) == distinct
 
 
 def test_this_chapters_phrasings_are_new_and_its_prompts_deterministic(data):
