@@ -57,7 +57,7 @@ lint: $(STAMP)
 test: $(STAMP) lint vendor $(BROWSER_STAMP)
 	MINIGPT_FAST=1 $(BIN)/python -m pytest --durations=12 tests
 
-# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO (about 21 minutes on 2 CPU cores), then chat.
+# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO (21 to 27 minutes on 2 CPU cores in the measured runs), then chat.
 chatbot: $(STAMP)
 	$(BIN)/python -m minigpt_lib chatbot --out runs/chatbot
 	$(BIN)/python -m minigpt_lib chat --ckpt runs/chatbot/ppo
