@@ -60,9 +60,15 @@ def ppo_loss(
 
 @dataclass
 class PPOConfig(PolicyConfig):
-    """How to run PPO: `batch_size` prompts per step, `group_size` answers to each."""
+    """How to run PPO: `batch_size` prompts per step, `group_size` answers to each.
+
+    The anchor reads 32 of chapter 8's conversation windows a step (DPO's default is 8): in one measured run,
+    with 8, PPO on requests lost 6 points of three-number sums and 9 of the Shakespeare format on
+    training-split prompts; with 32, no family lost more than 1 point.
+    """
 
     max_steps: int = 60
+    anchor_batch: int = 32
     batch_size: int = 8
     learning_rate: float = 1e-4
     group_size: int = 8

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .device import pick_device
+from .sampling import stream_ragged
 
 
 @dataclass
@@ -117,28 +118,26 @@ def sample_answers(
     max_new_tokens: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
-    batch_size: int = 64,
+    batch_size: int = 128,
 ) -> list[list[list[int]]]:
     """`n` sampled answers to each prompt; each ends at its first token of `stop_ids` (or at the limit).
 
-    Prompts of equal length are sampled together, up to `batch_size` rows at a time.
+    The n * len(prompts) rows are sorted by prompt length and sampled `batch_size` at a time, prompts of
+    different lengths together (`stream_ragged`).
     """
-    device = next(model.parameters()).device
     rows = sorted((len(p), i) for i, p in enumerate(prompts) for _ in range(n))
     answers: list[list[list[int]]] = [[] for _ in prompts]
-    start = 0
-    while start < len(rows):
-        length = rows[start][0]
-        chunk = [i for _, i in rows[start : start + batch_size] if len(prompts[i]) == length]
-        start += len(chunk)
-        idx = torch.tensor([list(prompts[i]) for i in chunk], dtype=torch.long, device=device)
+    for start in range(0, len(rows), batch_size):
+        chunk = [i for _, i in rows[start : start + batch_size]]
         new: list[list[int]] = [[] for _ in chunk]
         done = [False] * len(chunk)
-        for next_id in model.stream(idx, max_new_tokens, temperature=temperature, generator=generator):
-            for r, token in enumerate(next_id[:, 0].tolist()):
-                if not done[r]:
+        for next_ids, fresh in stream_ragged(
+            model, [prompts[i] for i in chunk], max_new_tokens, temperature, generator=generator
+        ):
+            for r, (token, is_new) in enumerate(zip(next_ids.tolist(), fresh.tolist(), strict=True)):
+                if is_new and not done[r]:
                     new[r].append(token)
-                    done[r] = token in stop_ids
+                    done[r] = token in stop_ids or len(new[r]) == max_new_tokens
             if all(done):
                 break
         for i, answer in zip(chunk, new, strict=True):

@@ -23,7 +23,7 @@ The rules every function here follows:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -174,6 +174,64 @@ def stream(
             next_id = sample_next(logits[:, -1, :], temperature, top_k, generator, top_p)
             idx = torch.cat([idx, next_id], dim=1)
             yield next_id
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def stream_ragged(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    top_p: float | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Generate for prompts of *different* lengths as one batch, with the KV cache and no padding.
+
+    Every row advances one position per step, starting where the shortest prompt ends. A row whose
+    prompt is longer is fed its own next prompt token instead of the one sampled for it, until its
+    prompt is used up; so each row's sequence is exactly its prompt followed by its answer, with the
+    positions it would have alone, and no attention mask is needed. Each step yields `(next_ids,
+    new)`, both (B,): the token now appended to each row, and whether it is a generated one (the row
+    is past its prompt and has fewer than `max_new_tokens` tokens). The steps end when every row has
+    `max_new_tokens` new tokens; the caller may stop earlier (when every row wrote a stop token, say).
+    The model must offer `new_kv_cache()`; with a `max_context` (learned positions) the window
+    slides as in `stream`.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("need at least one prompt, each of at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    shortest, longest = int(lengths.min()), int(lengths.max())
+    padded = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        padded[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
+    block = getattr(model, "max_context", None)
+    was_training = model.training
+    model.eval()
+    try:
+        idx = padded[:, :shortest]
+        cache = model.new_kv_cache()
+        logits = model(idx if block is None else idx[:, -block:], kv_cache=cache)[0][:, -1, :]
+        end = longest + max_new_tokens  # position after the last token of the longest row
+        for position in range(shortest, end):
+            next_ids = sample_next(logits, temperature, top_k, generator, top_p)[:, 0]
+            if position < longest:
+                next_ids = torch.where(lengths > position, padded[:, position], next_ids)
+            yield next_ids, (lengths <= position) & (position - lengths < max_new_tokens)
+            if position + 1 == end:
+                break
+            idx = torch.cat([idx, next_ids[:, None]], dim=1)
+            if block is not None and idx.size(1) > block:  # learned positions: slide the window, recompute
+                cache = model.new_kv_cache()
+                logits = model(idx[:, -block:], kv_cache=cache)[0][:, -1, :]
+            else:
+                logits = model(next_ids[:, None], kv_cache=cache)[0][:, -1, :]
     finally:
         model.train(was_training)
 

@@ -5,6 +5,7 @@ import torch
 
 from minigpt_lib import GPT, GPTConfig
 from minigpt_lib.attention import KVCache
+from minigpt_lib.sampling import stream_ragged
 
 
 @pytest.fixture
@@ -82,3 +83,30 @@ def test_generation_leaves_a_training_model_in_training_mode(tiny_config):
     model.train()
     model.generate(torch.zeros(1, 1, dtype=torch.long), 3)
     assert model.training
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_ragged_prompts_in_one_batch_give_each_prompt_its_greedy_tokens_alone(position):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, position=position)).eval()
+    prompts = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [9, 9]]
+    new_tokens = 6  # the longest prompt runs past the 16-position window: learned positions slide it
+    got = [[] for _ in prompts]
+    steps = 0
+    for next_ids, new in stream_ragged(model, prompts, new_tokens, temperature=0):
+        steps += 1
+        for r in range(len(prompts)):
+            if new[r]:
+                got[r].append(int(next_ids[r]))
+    assert steps == 14 - 1 + new_tokens
+    for prompt, tokens in zip(prompts, got, strict=True):
+        alone = model.generate(torch.tensor([prompt]), new_tokens, temperature=0)[0, len(prompt) :].tolist()
+        assert tokens == alone
+
+
+def test_ragged_rows_are_fed_their_own_prompt_until_it_ends(model):
+    prompts = [[1, 2, 3, 4], [5]]
+    g = torch.Generator().manual_seed(0)  # sampled tokens, which a row still reading its prompt must not take
+    fed = [(ids.tolist(), new.tolist()) for ids, new in stream_ragged(model, prompts, 2, 1.0, generator=g)]
+    assert [ids[0] for ids, _ in fed[:3]] == [2, 3, 4]
+    assert [new for _, new in fed] == [[False, True], [False, True], [False, False], [True, False], [True, False]]
