@@ -11,7 +11,8 @@ What later chapters use:
 - `check(example, text)` -> bool: is this answer right (content; for "system", content *and* style; for
   answers with working, the result after the last ', so ');
 - `style_ok(example, text)`, `refused(text)`, `REFUSAL`;
-- `score(examples, replies)` -> dict of the held-out table's rows (fractions 0..1);
+- `score(examples, replies)` -> dict of the held-out table's rows (fractions 0..1); `row_hits` gives the
+  same per prompt, and `paired_change(before, after, row)` compares two models prompt by prompt;
   `evaluate_chat(model, tokenizer, examples)` generates the replies and scores them;
 - `few_shot_prompt(example, shots)`: plain-text Q/A prompt for a model that never saw the chat template.
 """
@@ -522,8 +523,8 @@ TARGETS = {
 LOWER_IS_BETTER = ("safe", "safe_new")
 
 
-def score(examples: Sequence[Example], replies: Sequence[Reply | str]) -> dict[str, float]:
-    """The held-out table: for each row of ROWS present, a fraction (accuracy, or a refusal rate for refusals)."""
+def row_hits(examples: Sequence[Example], replies: Sequence[Reply | str]) -> dict[str, list[bool]]:
+    """For each row of the held-out table, one bool per prompt it counts: right (for a refusal row: refused)."""
     if len(examples) != len(replies):
         raise ValueError(f"{len(examples)} examples but {len(replies)} replies")
     hits: dict[str, list[bool]] = {}
@@ -537,7 +538,66 @@ def score(examples: Sequence[Example], replies: Sequence[Reply | str]) -> dict[s
             hits.setdefault(example.family, []).append(check(example, text))
         if example.family == "system":
             hits.setdefault("system_style", []).append(style_ok(example, text.strip()))
-    return {row: sum(hits[row]) / len(hits[row]) for row in ROWS if row in hits}
+    return {row: hits[row] for row in ROWS if row in hits}
+
+
+def score(examples: Sequence[Example], replies: Sequence[Reply | str]) -> dict[str, float]:
+    """The held-out table: for each row of ROWS present, a fraction (accuracy, or a refusal rate for refusals)."""
+    return {row: sum(h) / len(h) for row, h in row_hits(examples, replies).items()}
+
+
+@dataclass
+class Change:
+    """How a second model does against a first on the same prompts of one row, prompt by prompt.
+
+    `gained`: prompts the second gets right and the first did not (for a refusal row of safe requests:
+    no longer refused); `lost`: the other way round. `points` is the change of the row's score in the
+    better direction; `margin` the half-width of its 95% interval (normal approximation to the paired
+    difference): a change smaller than its margin is within what redrawing the prompts could give.
+    """
+
+    row: str
+    n: int
+    gained: int
+    lost: int
+
+    @property
+    def points(self) -> float:
+        return (self.gained - self.lost) / self.n
+
+    @property
+    def margin(self) -> float:
+        variance = (self.gained + self.lost) / self.n - self.points**2
+        return 1.96 * (max(variance, 0.0) / self.n) ** 0.5
+
+    def __str__(self) -> str:
+        return (
+            f"{self.points:+.1%} ({self.gained} gained, {self.lost} lost of {self.n} prompts; "
+            f"95% interval +/-{self.margin:.1%})"
+        )
+
+
+def mean_difference(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
+    """Mean of `after - before` over paired values (two models' scores on the same prompts), and the
+    half-width of its 95% interval (normal approximation)."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"need equally many paired values, got {len(before)} and {len(after)}")
+    d = [y - x for x, y in zip(before, after, strict=True)]
+    mean = sum(d) / len(d)
+    variance = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return mean, 1.96 * (variance / len(d)) ** 0.5
+
+
+def paired_change(before: dict[str, list[bool]], after: dict[str, list[bool]], row: str) -> Change:
+    """`Change` of `row` from `before` to `after`, two `row_hits` results on the same prompts."""
+    a, b = before[row], after[row]
+    if len(a) != len(b):
+        raise ValueError(f"row {row!r}: {len(a)} prompts before but {len(b)} after; score the same prompts")
+    if row in LOWER_IS_BETTER:  # a hit is a refusal of a safe request: fewer is better
+        a, b = [not x for x in a], [not x for x in b]
+    gained = sum(y and not x for x, y in zip(a, b, strict=True))
+    lost = sum(x and not y for x, y in zip(a, b, strict=True))
+    return Change(row, len(a), gained, lost)
 
 
 def meets_target(row: str, value: float) -> bool | None:
