@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from .chat import chat_tokenizer, render_prompt
-from .chatdata import FAMILIES, ChatData, Example, evaluate_chat, format_table
+from .chatdata import FAMILIES, ChatData, Example, change_report, evaluate_chat, format_table, row_hits
+from .chatdata import score as table_of
 from .checkpoint import CheckpointError, load_checkpoint, read_manifest, restore_training, resume_trainer, save_trainer
 from .dpo import DPOConfig, DPOTrainer
 from .model import GPT, GPTConfig
@@ -439,8 +440,14 @@ def build_chatbot(
     ppo_model, _, _ = load_checkpoint(ppo)
     data = ChatData(text, max_tokens=sft_model.block_size + 1)
     examples = data.heldout_examples(s["eval_per_family"], seed=41)
-    tables = {name: evaluate_chat(m, tokenizer, examples)[0] for name, m in (("SFT", sft_model), ("PPO", ppo_model))}
+    replies = {name: evaluate_chat(m, tokenizer, examples)[1] for name, m in (("SFT", sft_model), ("PPO", ppo_model))}
+    tables = {name: table_of(examples, r) for name, r in replies.items()}
+    hits = {name: row_hits(examples, r) for name, r in replies.items()}
     log(format_table(tables))
+    log(
+        "PPO against SFT, prompt by prompt (a change inside its interval could be the prompts' luck):\n"
+        + change_report(hits["SFT"], hits["PPO"])
+    )
     log(f"built in {(time.perf_counter() - start) / 60:.1f} min; chat with it: python -m minigpt_lib chat --ckpt {ppo}")
     return tables
 

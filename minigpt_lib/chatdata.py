@@ -600,6 +600,13 @@ def paired_change(before: dict[str, list[bool]], after: dict[str, list[bool]], r
     return Change(row, len(a), gained, lost)
 
 
+def change_report(before: dict[str, list[bool]], after: dict[str, list[bool]]) -> str:
+    """One line per row of the held-out table where any prompt changed between two `row_hits` results."""
+    changes = [paired_change(before, after, row) for row in before if row in after]
+    lines = [f"{ROWS[c.row]:<52}{c}" for c in changes if c.gained or c.lost]
+    return "\n".join(lines) if lines else "no prompt's result changed"
+
+
 def meets_target(row: str, value: float) -> bool | None:
     """Whether a row's value meets its target (None: the row has no target)."""
     if row not in TARGETS:

@@ -30,7 +30,8 @@ def test_the_fast_pipeline_builds_every_stage_and_prints_the_held_out_table(chat
         assert finished_stage(out / stage), stage
     progress = [line for line in lines if re.match(r"\[\d/4\]", line)]
     assert [line[:5] for line in progress] == ["[1/4]"] * 2 + ["[2/4]"] * 2 + ["[3/4]"] * 2 + ["[4/4]"] * 2
-    assert "held-out prompts" in lines[-2] and "SFT" in lines[-2] and "PPO" in lines[-2]
+    assert "held-out prompts" in lines[-3] and "SFT" in lines[-3] and "PPO" in lines[-3]
+    assert lines[-2].startswith("PPO against SFT, prompt by prompt")
     assert set(tables) == {"SFT", "PPO"} and "unsafe_new" in tables["PPO"]
     assert load_checkpoint(out / "ppo")[2]["meta"]["chat"] is True
 

@@ -11,6 +11,7 @@ from minigpt_lib.chatdata import (
     Example,
     add3_working,
     add_working,
+    change_report,
     check,
     conversation_tokens,
     few_shot_prompt,
@@ -189,6 +190,9 @@ def test_paired_change_counts_prompts_gained_and_lost():
     assert "2 gained, 1 lost of 4 prompts" in str(change)
     with pytest.raises(ValueError, match="same prompts"):
         paired_change(before, row_hits(adds[:2], ["1", "2"]), "add")
+    report = change_report(before, after)
+    assert "two-digit addition" in report and "false refusals, safe look-alikes" in report
+    assert change_report(before, before) == "no prompt's result changed"
 
 
 def test_mean_difference_of_paired_scores_and_its_interval():
