@@ -34,6 +34,7 @@ from .preferences import (
     ranking_pairs,
     request_examples,
     sample_rankings,
+    speaker_examples,
     stop_ids,
     true_scorer,
 )
@@ -44,7 +45,15 @@ from .sft import conversation_windows, finetune_trainer, finished_sft, resume_fi
 from .train import Trainer
 
 PREFERENCES = dict(
-    n_prompts=2000, k=4, n_heldout=40, max_new_tokens=96, temperature=1.0, min_gap=0.1, per_prompt=6, rl_requests=0.5
+    n_prompts=2000,
+    n_speakers=400,  # "two lines as X" prompts with training speakers, and as many with invented ones
+    k=4,
+    n_heldout=40,
+    max_new_tokens=96,
+    temperature=1.0,
+    min_gap=0.1,
+    per_prompt=6,
+    rl_requests=0.5,
 )
 HELDOUT_FAMILIES = FAMILIES  # held-out prompts for preference pairs and PPO curves: every family
 N_CURVE = 4  # held-out prompts per family for the curves measured during PPO and DPO
@@ -92,14 +101,20 @@ def collect_preferences(
     train_examples = preference_examples(data, s["n_prompts"], seed=11, rl_requests=s["rl_requests"])
     held_examples = data.heldout_examples(s["n_heldout"], seed=12, families=HELDOUT_FAMILIES)
     options = dict(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], progress_bar=progress_bar)
+    taught, invented = speaker_examples(data, s["n_speakers"], seed=5)
     train_rankings = sample_rankings(model, tokenizer, train_examples, s["k"], seed=13, **options)
+    taught_rankings = sample_rankings(model, tokenizer, taught, s["k"], seed=51, **options)
+    invented_rankings = sample_rankings(model, tokenizer, invented, s["k"], seed=52, **options)
     held_rankings = sample_rankings(model, tokenizer, held_examples, s["k"], seed=14, **options)
+    gap, most = s["min_gap"], s["per_prompt"]
     prefs = Preferences(
-        ranking_pairs(train_rankings, s["min_gap"], s["per_prompt"], seed=15),
-        distinct_pairs(ranking_pairs(held_rankings, s["min_gap"], s["per_prompt"], seed=16)),
+        ranking_pairs(train_rankings, gap, most, seed=15)
+        + ranking_pairs(taught_rankings, gap, most, seed=53)
+        + ranking_pairs(invented_rankings, gap, most, seed=54),
+        distinct_pairs(ranking_pairs(held_rankings, gap, most, seed=16)),
         s,
     )
-    return prefs, train_rankings, held_rankings
+    return prefs, train_rankings + taught_rankings + invented_rankings, held_rankings
 
 
 def ppo_examples(data: ChatData) -> list[Example]:
@@ -354,7 +369,7 @@ CHATBOT = {
         pretrain=dict(max_steps=20),
         sft=dict(max_steps=20),
         sft_data=dict(n_train=400, n_val=60),
-        preferences=dict(n_prompts=12, k=2, n_heldout=1, max_new_tokens=24),
+        preferences=dict(n_prompts=12, n_speakers=2, k=2, n_heldout=1, max_new_tokens=24),
         reward=dict(max_steps=4, batch_size=4),
         ppo=dict(max_steps=2, batch_size=2, group_size=2, max_new_tokens=16),
         eval_per_family=1,

@@ -28,12 +28,14 @@ from .chatdata import (
     NEW_PHRASINGS,
     REFUSAL,
     SAFE_ACTS,
+    SHAKESPEARE_QUESTIONS,
     TAUGHT_PHRASINGS,
     TRAIN_WEIGHTS,
     UNSAFE_ACTS,
     ChatData,
     Example,
     check,
+    invented_name,
     refused,
     style_ok,
 )
@@ -174,6 +176,28 @@ def preference_examples(data: ChatData, n: int, seed: int = 0, rl_requests: floa
         else:
             out.append(data.example(rng.choices(families, weights)[0], "train", rng))
     return out
+
+
+def speaker_examples(data: ChatData, n: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """`n` "two lines as a speaker" prompts with chapter 8's training speakers, and `n` with invented speakers.
+
+    Held-out prompts ask for speakers the SFT model has never seen, and it misspells their names. Invented
+    names (chapter 8's name generator, in capitals, never a held-out speaker) put such prompts in the
+    rankings without using a held-out name; their reference answer, for brevity, is any speech of the corpus.
+    """
+    rng = random.Random(seed)
+    taught = [data.example("shakespeare", "train", rng) for _ in range(n)]
+    held_out = set(data.speakers["test"])
+    speeches = [speech for lines in data.speeches.values() for speech in lines]
+    invented = []
+    for _ in range(n):
+        name = invented_name(rng).upper()
+        while name in held_out:
+            name = invented_name(rng).upper()
+        question = rng.choice(SHAKESPEARE_QUESTIONS).format(s=name)
+        answer = f"{name}:\n{rng.choice(speeches)}"
+        invented.append(Example("shakespeare", [message("user", question)], answer, {"speaker": name}))
+    return taught, invented
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 
 from minigpt_lib import load_shakespeare
 from minigpt_lib.chat import END, USER, chat_tokenizer, message, render_prompt
-from minigpt_lib.chatdata import NEW_PHRASINGS, REFUSAL, TAUGHT_PHRASINGS, ChatData, Example
+from minigpt_lib.chatdata import NEW_PHRASINGS, REFUSAL, TAUGHT_PHRASINGS, ChatData, Example, check
 from minigpt_lib.preferences import (
     RL_PHRASINGS,
     answer_ids,
@@ -20,6 +20,7 @@ from minigpt_lib.preferences import (
     ranking_pairs,
     rate,
     request_examples,
+    speaker_examples,
 )
 from minigpt_lib.safety import features, precision_recall, train_filter
 
@@ -127,6 +128,22 @@ def test_this_chapters_phrasings_are_new_and_its_prompts_deterministic(data):
     for e in first:
         assert not any(e.messages[-1]["content"].startswith(p) for p in heldout_phrasings)
     assert any(e.messages[-1]["content"].startswith("Walk me through") for e in first)
+
+
+def test_speaker_prompts_use_training_or_invented_speakers_never_held_out_ones(data):
+    taught, invented = speaker_examples(data, 60, seed=4)
+    assert len(taught) == len(invented) == 60
+    assert [e.messages for e in invented] == [e.messages for e in speaker_examples(data, 60, seed=4)[1]]
+    held_out, training = set(data.speakers["test"]), set(data.speakers["train"])
+    assert {e.expect["speaker"] for e in taught} <= training
+    names = {e.expect["speaker"] for e in invented}
+    assert not names & (held_out | training) and len(names) > 50
+    for e in taught + invented:
+        assert e.family == "shakespeare" and e.expect["speaker"] in e.messages[-1]["content"]
+        assert check(e, e.answer)  # the reference answer is two lines as that speaker
+        assert rate(e, e.answer).score == 1.0
+        wrong = e.answer.replace(e.expect["speaker"] + ":", e.expect["speaker"][:-1] + ":", 1)
+        assert rate(e, wrong).score == 0.0  # a misspelt name earns nothing
 
 
 def test_ppo_requests_are_safe_or_unsafe_mostly_in_this_chapters_phrasings(data):
