@@ -57,7 +57,7 @@ lint: $(STAMP)
 test: $(STAMP) lint vendor $(BROWSER_STAMP)
 	MINIGPT_FAST=1 $(BIN)/python -m pytest --durations=12 tests
 
-# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO (19.1 minutes on 2 CPU cores in the latest measured run; 19.9, 21 and 27 in earlier ones), then chat.
+# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO (20.9 minutes on 2 CPU cores in the latest measured run; 19.1, 19.9, 21 and 27 in earlier ones), then chat.
 chatbot: $(STAMP)
 	$(BIN)/python -m minigpt_lib chatbot --out runs/chatbot
 	$(BIN)/python -m minigpt_lib chat --ckpt runs/chatbot/ppo
