@@ -6,6 +6,7 @@ so N ranks with batch B see what one process with batch N * B sees, and each ran
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -44,8 +45,15 @@ def setup() -> tuple[int, int, torch.device]:
 
 
 def teardown() -> None:
-    """Leave the process group (if one was joined)."""
+    """Leave the process group (if one was joined).
+
+    A model wrapped by DDP or FSDP keeps the group, and gloo's threads, alive after
+    `destroy_process_group` until the model is freed. Collecting it first frees them while Python
+    still runs: freed during interpreter shutdown instead, they can abort a process that has already
+    finished its work (seen once in CI: "terminate called without an active exception" on rank 0).
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -8,6 +8,7 @@ checks that the pipeline's output, loss and gradients equal one process running 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from pathlib import Path
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
             print(json.dumps(result))
     finally:
+        gc.collect()  # free the stages' references to the group before leaving it (see distributed.teardown)
         dist.destroy_process_group()
     return 0
 
