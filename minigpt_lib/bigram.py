@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .sampling import generate
+from .generate import generate
 
 
 class BigramCounts:
@@ -64,7 +64,7 @@ class BigramLM(nn.Module):
         return logits, loss
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        """Extend `idx` (B, T) by sampling; see `minigpt_lib.sampling.generate` for options."""
+        """Extend `idx` (B, T) by sampling; see `minigpt_lib.generate.generate` for options."""
         return generate(self, idx, max_new_tokens, block_size=1, **kwargs)
 
 

@@ -13,9 +13,10 @@ What later chapters use:
 - `render(conversation, tokenizer)` -> (ids, mask): mask 1 on the assistant's tokens (its `<|end|>` too);
 - `render_prompt(conversation, tokenizer)` -> ids ending with `<|assistant|>`, ready for generation;
 - `fit_context(conversation, tokenizer, max_tokens)`: drop the oldest turns, keep the system prompt;
+- `stop_ids(tokenizer)`: the tokens that end an answer; `to_reply(tokenizer, ids)`: answer ids -> `Reply`;
 - `stream_reply(...)` / `reply(...)`: one assistant answer, streamed, stopping at `<|end|>`;
 - `generate_replies(model, tokenizer, conversations, ...)` -> list of `Reply`: many answers at once
-  (greedy or sampled), prompts of equal token length batched together;
+  (greedy or sampled), through `generate.generate_answers`;
 - `is_chat_checkpoint(manifest)`: whether a checkpoint was fine-tuned to chat.
 """
 
@@ -27,7 +28,8 @@ from typing import Any
 
 import torch
 
-from .sampling import check_sampling, make_generator, sample_next
+from .generate import generate_answers, stream_pieces, stream_ragged
+from .sampling import check_sampling, make_generator
 from .tokenizers import BPETokenizer
 
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
@@ -94,28 +96,36 @@ def render_prompt(conversation: Sequence[Message], tokenizer: BPETokenizer) -> l
 def fit_context(conversation: Sequence[Message], tokenizer: BPETokenizer, max_tokens: int) -> Conversation:
     """The conversation with its oldest turns dropped until its prompt fits in `max_tokens`; the system prompt stays.
 
-    A turn is a user message and the assistant's answer to it; the newest user message is always kept.
+    A turn is a user message and the assistant's answer to it; the newest user message is always kept. Messages
+    are measured from the newest back, so the work does not grow with the length of the whole history.
     """
     conversation = list(conversation)
+    check_conversation(conversation)
     system = conversation[:1] if conversation and conversation[0]["role"] == "system" else []
     rest = conversation[len(system) :]
-    while len(render_prompt(system + rest, tokenizer)) > max_tokens and len(rest) > 1:
-        rest = rest[1:]
-        while len(rest) > 1 and rest[0]["role"] != "user":  # never start on an answer without its question
-            rest = rest[1:]
-    fitted = system + rest
-    length = len(render_prompt(fitted, tokenizer))
-    if length > max_tokens:
+    cost = lambda msg: len(tokenizer.encode(msg["content"])) + 2  # role token, text, <|end|>
+    used = 1 + sum(cost(msg) for msg in system)  # the final <|assistant|>
+    start = len(rest)
+    while start > 0:
+        extra = cost(rest[start - 1])
+        if used + extra > max_tokens and start < len(rest):
+            break
+        used += extra
+        start -= 1
+    if start > 0:  # something was dropped: never start on an answer without its question
+        while start < len(rest) - 1 and rest[start]["role"] != "user":
+            start += 1
+    if used > max_tokens:
         raise ValueError(
-            f"the system prompt and the last message alone take {length} tokens, more than the {max_tokens} "
+            f"the system prompt and the last message alone take {used} tokens, more than the {max_tokens} "
             "the model can see; write a shorter message (or system prompt)"
         )
-    return fitted
+    return system + rest[start:]
 
 
 @dataclass
 class Reply:
-    """One generated answer: its text, whether it ended with `<|end|>`, and whether it wrote another role's token."""
+    """One generated answer: its text, whether it ended its turn, and whether it wrote another role's token."""
 
     text: str
     ended: bool
@@ -123,42 +133,26 @@ class Reply:
     tokens: int
 
 
-def _stop_ids(tokenizer: BPETokenizer) -> tuple[int, set[int]]:
-    end = tokenizer.special_id(END)
-    return end, {tokenizer.special_id(name) for name in (SYSTEM, USER, ASSISTANT)}
+def stop_ids(tokenizer: BPETokenizer) -> set[int]:
+    """The tokens that end an answer: `<|end|>`, or another role's token (a broken answer)."""
+    return {tokenizer.special_id(name) for name in (END, SYSTEM, USER, ASSISTANT)}
 
 
-@torch.no_grad()
-def _stream_ids(
-    model: torch.nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row of `idx` (B, 1), using the KV cache; the caller stops it."""
-    block = getattr(model, "max_context", None)
-    was_training = model.training
-    model.eval()
-    try:
-        cache = model.new_kv_cache()
-        context = idx if block is None else idx[:, -block:]
-        logits = model(context, kv_cache=cache)[0]
-        for step in range(max_new_tokens):
-            next_id = sample_next(logits[:, -1, :], temperature, top_k, generator, top_p)
-            yield next_id
-            idx = torch.cat([idx, next_id], dim=1)
-            if step + 1 == max_new_tokens:
-                break
-            if block is not None and idx.size(1) > block:  # learned positions: slide the window, recompute
-                cache = model.new_kv_cache()
-                logits = model(idx[:, -block:], kv_cache=cache)[0]
-            else:
-                logits = model(next_id, kv_cache=cache)[0]
-    finally:
-        model.train(was_training)
+def to_reply(tokenizer: BPETokenizer, ids: Sequence[int], extra_stops: Collection[int] = ()) -> Reply:
+    """An answer's token ids (as `generate_answers` returns them) -> its `Reply`.
+
+    It ended its turn if its last token is `<|end|>` or one of `extra_stops`; a role token ends it broken.
+    """
+    stops = stop_ids(tokenizer) | set(extra_stops)
+    last = ids[-1] if ids else None
+    body = list(ids[:-1]) if last in stops else list(ids)
+    ended = last in stops and (last == tokenizer.special_id(END) or last in extra_stops)
+    return Reply(tokenizer.decode(body), ended, last in stops and not ended, len(body))
+
+
+def answer_ids(tokenizer: BPETokenizer, text: str) -> list[int]:
+    """An answer written as text -> its token ids, ending with `<|end|>`."""
+    return tokenizer.encode(text) + [tokenizer.special_id(END)]
 
 
 def stream_reply(
@@ -174,31 +168,23 @@ def stream_reply(
 ) -> Iterator[str]:
     """Yield the assistant's answer to `conversation` piece by piece, stopping at `<|end|>` (greedy by default).
 
-    With `max_context`, the oldest turns are dropped first (see `fit_context`). A character split across
-    byte tokens is held back until it is complete.
+    With `max_context`, the oldest turns are dropped first (see `fit_context`).
     """
     check_sampling(temperature, top_k, top_p)
     if max_context is not None:
         conversation = fit_context(conversation, tokenizer, max_context)
-    device = next(model.parameters()).device
-    idx = torch.tensor([render_prompt(conversation, tokenizer)], dtype=torch.long, device=device)
-    end, others = _stop_ids(tokenizer)
-    generator = make_generator(seed, None, device)
-    new_ids: list[int] = []
-    shown = ""
-    for next_id in _stream_ids(model, idx, max_new_tokens, temperature, top_k, top_p, generator):
-        token = int(next_id[0, 0])
-        if token == end or token in others:
-            break
-        new_ids.append(token)
-        text = tokenizer.decode(new_ids)
-        if text.endswith("\ufffd"):
-            continue
-        yield text[len(shown) :]
-        shown = text
-    text = tokenizer.decode(new_ids)
-    if len(text) > len(shown):
-        yield text[len(shown) :]
+    prompt = render_prompt(conversation, tokenizer)
+    stops = stop_ids(tokenizer)
+    generator = make_generator(seed, None, next(model.parameters()).device)
+
+    def tokens() -> Iterator[int]:
+        for next_ids, _ in stream_ragged(model, [prompt], max_new_tokens, temperature, top_k, generator, top_p):
+            token = int(next_ids[0])
+            if token in stops:
+                return
+            yield token
+
+    yield from stream_pieces(tokenizer, tokens())
 
 
 def reply(model: torch.nn.Module, tokenizer: BPETokenizer, conversation: Sequence[Message], **options: Any) -> str:
@@ -217,46 +203,21 @@ def generate_replies(
     seed: int | None = None,
     batch_size: int = 64,
     prompts: Sequence[Sequence[int]] | None = None,
-    stop_ids: Collection[int] = (),
+    extra_stops: Collection[int] = (),
 ) -> list[Reply]:
-    """Answers to many conversations at once: prompts of equal token length run as one batch with the KV cache.
+    """Answers to many conversations at once (`generate_answers`); greedy by default, `seed` for repeatable sampling.
 
-    An answer ends at `<|end|>` (or at one of `stop_ids`: a newline for plain-text prompts, say) and is cut
+    An answer ends at `<|end|>` (or at one of `extra_stops`: a newline for plain-text prompts, say) and is cut
     short at another role's token. `prompts` (token ids) replaces the rendered conversations when given
-    (few-shot prompts in plain text, say). Greedy by default; a `seed` makes sampling repeatable.
+    (few-shot prompts in plain text, say).
     """
     check_sampling(temperature, top_k, top_p)
     if prompts is None:
         prompts = [render_prompt(c, tokenizer) for c in conversations]
-    device = next(model.parameters()).device
-    end, others = _stop_ids(tokenizer)
-    generator = make_generator(seed, None, device)
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
-    replies: list[Reply | None] = [None] * len(prompts)
-    for length in sorted(by_length):
-        members = by_length[length]
-        for start in range(0, len(members), batch_size):
-            rows = members[start : start + batch_size]
-            idx = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-            new: list[list[int]] = [[] for _ in rows]
-            stopped = [0] * len(rows)  # 0: still writing, 1: wrote <|end|>, 2: wrote another role's token
-            for next_id in _stream_ids(model, idx, max_new_tokens, temperature, top_k, top_p, generator):
-                for r, token in enumerate(next_id[:, 0].tolist()):
-                    if stopped[r]:
-                        continue
-                    if token == end or token in stop_ids:
-                        stopped[r] = 1
-                    elif token in others:
-                        stopped[r] = 2
-                    else:
-                        new[r].append(token)
-                if all(stopped):
-                    break
-            for r, i in enumerate(rows):
-                replies[i] = Reply(tokenizer.decode(new[r]), stopped[r] == 1, stopped[r] == 2, len(new[r]))
-    return [r for r in replies if r is not None]
+    generator = make_generator(seed, None, next(model.parameters()).device)
+    stops = stop_ids(tokenizer) | set(extra_stops)
+    answers = generate_answers(model, prompts, max_new_tokens, stops, temperature, top_k, top_p, generator, batch_size)
+    return [to_reply(tokenizer, a, extra_stops) for a in answers]
 
 
 def is_chat_checkpoint(manifest: dict[str, Any]) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .chat import chat_tokenizer, render_prompt
+from .chat import chat_tokenizer, render_prompt, stop_ids
 from .chatdata import FAMILIES, ChatData, Example, change_report, evaluate_chat, format_table, row_hits
 from .chatdata import score as table_of
 from .checkpoint import CheckpointError, load_checkpoint, read_manifest, restore_training, resume_trainer, save_trainer
@@ -35,12 +35,11 @@ from .preferences import (
     request_examples,
     sample_rankings,
     speaker_examples,
-    stop_ids,
     true_scorer,
 )
 from .presets import get_preset
 from .reward import Pair, RewardConfig, RewardModel, RewardTrainer, score
-from .rlhf import LoopConfig, LoopTrainer
+from .rlhf import PreferenceConfig, PreferenceTrainer
 from .sft import conversation_windows, finetune_trainer, finished_sft, resume_finetune, sft_config
 from .train import Trainer
 
@@ -143,7 +142,9 @@ def _preferences(
     return prefs
 
 
-def _config(cls: type[LoopConfig], manifest: dict[str, Any] | None, overrides: dict[str, Any]) -> LoopConfig:
+def _config(
+    cls: type[PreferenceConfig], manifest: dict[str, Any] | None, overrides: dict[str, Any]
+) -> PreferenceConfig:
     values = dict(manifest["train_config"]) if manifest else {}
     overrides = _budgeted(overrides)
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -159,7 +160,7 @@ def _existing(out: Path, resume: bool) -> dict[str, Any] | None:
     return read_manifest(out) if resume else None
 
 
-def _train(trainer: LoopTrainer, out: Path, quiet: bool, desc: str, log: Callable[[str], None]) -> float:
+def _train(trainer: PreferenceTrainer, out: Path, quiet: bool, desc: str, log: Callable[[str], None]) -> float:
     """Train until finished, saving at each evaluation and at the end; returns the wall time."""
     start = time.perf_counter()
     try:

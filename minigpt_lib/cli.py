@@ -28,8 +28,9 @@ from .checkpoint import (
 )
 from .data import CorpusNotFoundError, load_text
 from .device import pick_device
+from .generate import stream_text
 from .presets import PRESETS, Preset, get_preset
-from .sampling import START_TEXT, check_sampling, stream_text
+from .sampling import START_TEXT, check_sampling
 from .sft import SFT_DATA, SFT_TRAIN, finetune_trainer, resume_finetune, sft_config
 from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, UnknownCharacterError, load_tokenizer
 from .train import Trainer, TrainingDivergedError
@@ -515,9 +516,7 @@ def _chat(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     session = ChatSession(model, tokenizer, system=args.system)
-    options = dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
-    )
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     interactive = sys.stdin.isatty()
     if interactive:
         print("Chat with the model. Commands: /reset, /system TEXT, /quit (or Ctrl-D). Ctrl-C stops an answer.")

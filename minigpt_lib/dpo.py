@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import MAX_NEW_TOKENS, check_range
 from .reward import Pair
 from .rlhf import PolicyConfig, PolicyTrainer, evaluate_policy, make_completions, sequence_logprob
 
@@ -41,8 +42,9 @@ class DPOConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.beta <= 0 or self.nll_coef < 0:
+            raise ValueError(f"beta must be positive and nll_coef >= 0, got {self.beta} and {self.nll_coef}")
+        check_range(self, "max_new_tokens", 1, MAX_NEW_TOKENS)
 
 
 def _pair_logprobs(model: nn.Module, pairs: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +80,7 @@ class DPOTrainer(PolicyTrainer):
         self.held_out = [list(p) for p in held_out]
         self.reward, self.true_score = reward, true_score
 
-    def train_step(self) -> dict[str, float]:
+    def update(self) -> dict[str, float]:
         """One DPO step on a random batch of pairs."""
         picks = torch.randint(len(self.pairs), (self.config.batch_size,), generator=self.sampler.generator).tolist()
         batch = [self.pairs[i] for i in picks]
@@ -97,7 +99,7 @@ class DPOTrainer(PolicyTrainer):
         return {"loss": loss.item(), "accuracy": accuracy, "grad_norm": grad_norm}
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def measure(self) -> dict[str, float]:
         """Held-out pair loss and accuracy (implicit reward), and the held-out prompts' reward, score and KL."""
         out: dict[str, float] = {}
         if self.held_out_pairs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,15 +12,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, KVCache, rotary_tables
-from .sampling import generate, stream
-from .validation import check_field_types
+from .config import Config, check_field_types
+from .generate import generate, stream
 
 POSITIONS = ("learned", "rope")
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(Config):
     """Shape of a GPT."""
 
     vocab_size: int = 65
@@ -52,19 +52,6 @@ class GPTConfig:
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             head_size = self.n_embd // self.n_head
             raise ValueError(f"rotary embeddings need an even head size, got n_embd // n_head = {head_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy of the config."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
-        """Config from `to_dict` output; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
-        return cls(**data)
 
 
 class MLP(nn.Module):
@@ -223,7 +210,7 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Extend `idx` (B, T) by `max_new_tokens` tokens (temperature 0 means greedy).
 
-        Options as in `minigpt_lib.sampling`. With learned positions, the context is cropped from the left
+        Options as in `minigpt_lib.generate`. With learned positions, the context is cropped from the left
         to its last block_size tokens; a RoPE model reads its last `receptive_field` tokens, all that its
         stacked sliding attention windows can see.
         `use_cache=False` runs the plain loop, which gives the same tokens, more slowly.

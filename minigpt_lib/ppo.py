@@ -15,7 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .config import MAX_NEW_TOKENS, check_range
 from .rlhf import PolicyConfig, PolicyTrainer, evaluate_policy, make_completions, sample_answers, token_logprobs
+
+MAX_GROUP = 1024  # answers per prompt: far above what a step can afford
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -60,12 +63,7 @@ def ppo_loss(
 
 @dataclass
 class PPOConfig(PolicyConfig):
-    """How to run PPO: `batch_size` prompts per step, `group_size` answers to each.
-
-    The anchor reads 32 of chapter 8's conversation windows a step (DPO's default is 8): in one measured run,
-    with 8, PPO on requests lost 6 points of three-number sums and 9 of the Shakespeare format on
-    training-split prompts; with 32, no family lost more than 1 point.
-    """
+    """How to run PPO: `batch_size` prompts per step, `group_size` answers to each, `epochs` updates per batch."""
 
     max_steps: int = 60
     anchor_batch: int = 32
@@ -83,8 +81,11 @@ class PPOConfig(PolicyConfig):
         super().__post_init__()
         if self.group_size < 2:
             raise ValueError(f"group_size must be at least 2 (the group's mean is the baseline), got {self.group_size}")
-        if self.epochs < 1 or self.max_new_tokens < 1 or self.clip <= 0 or self.kl_coef < 0 or self.temperature <= 0:
-            raise ValueError("need epochs >= 1, max_new_tokens >= 1, clip > 0, kl_coef >= 0 and temperature > 0")
+        check_range(self, "group_size", 2, MAX_GROUP)
+        check_range(self, "epochs", 1, 100)
+        check_range(self, "max_new_tokens", 1, MAX_NEW_TOKENS)
+        if self.clip <= 0 or self.kl_coef < 0 or self.temperature <= 0:
+            raise ValueError("need clip > 0, kl_coef >= 0 and temperature > 0")
 
 
 class PPOTrainer(PolicyTrainer):
@@ -125,7 +126,7 @@ class PPOTrainer(PolicyTrainer):
         answers = [a for group in groups for a in group]
         return prompts, answers
 
-    def train_step(self) -> dict[str, float]:
+    def update(self) -> dict[str, float]:
         """Sample, score, then `epochs` clipped updates on that one batch of answers."""
         c = self.config
         prompts, answers = self.rollout()
@@ -157,7 +158,7 @@ class PPOTrainer(PolicyTrainer):
             **stats,
         }
 
-    def evaluate(self) -> dict[str, float]:
+    def measure(self) -> dict[str, float]:
         """Learned reward, true score and KL to the reference of one sampled answer per held-out prompt."""
         if not self.held_out:
             return {}

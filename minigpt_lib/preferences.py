@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .chat import ASSISTANT, END, SYSTEM, USER, message, render_prompt
+from .chat import message, render_prompt, stop_ids, to_reply
 from .chatdata import (
     FILLERS,
     NEW_PHRASINGS,
@@ -112,29 +112,10 @@ def rate(example: Example, text: str, ended: bool = True, role_break: bool = Fal
     return Rating(round(score, 6), reasons)
 
 
-def stop_ids(tokenizer: object) -> set[int]:
-    """The tokens that end an answer: `<|end|>`, or another role's token (a broken answer)."""
-    return {tokenizer.special_id(name) for name in (END, SYSTEM, USER, ASSISTANT)}
-
-
-def answer_text(tokenizer: object, ids: Sequence[int]) -> tuple[str, bool, bool]:
-    """An answer's token ids -> (text, ended with `<|end|>`, stopped at another role's token)."""
-    end = tokenizer.special_id(END)
-    stops = stop_ids(tokenizer)
-    last = ids[-1] if ids else None
-    body = list(ids[:-1]) if last in stops else list(ids)
-    return tokenizer.decode(body), last == end, last in stops and last != end
-
-
-def answer_ids(tokenizer: object, text: str) -> list[int]:
-    """An answer written as text -> its token ids, ending with `<|end|>`."""
-    return tokenizer.encode(text) + [tokenizer.special_id(END)]
-
-
 def rate_ids(example: Example, tokenizer: object, ids: Sequence[int]) -> Rating:
     """`rate` for an answer given as token ids (as sampled)."""
-    text, ended, role_break = answer_text(tokenizer, ids)
-    return rate(example, text, ended, role_break)
+    answer = to_reply(tokenizer, ids)
+    return rate(example, answer.text, answer.ended, answer.role_break)
 
 
 def _request(data: ChatData, rng: random.Random, phrasings: Sequence[str]) -> Example:
@@ -220,7 +201,7 @@ def rank(example: Example, prompt: list[int], answers: Sequence[Sequence[int]], 
         example,
         list(prompt),
         answers_sorted,
-        [answer_text(tokenizer, a)[0] for a in answers_sorted],
+        [to_reply(tokenizer, a).text for a in answers_sorted],
         [rated[i][0] for i in order],
     )
 

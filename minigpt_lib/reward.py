@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT, GPTConfig
-from .rlhf import Completions, LoopConfig, LoopTrainer, make_completions
+from .rlhf import Completions, PreferenceConfig, PreferenceTrainer, make_completions
 
 
 @dataclass
@@ -95,7 +95,7 @@ def pairwise_accuracy(model: RewardModel, pairs: Sequence[Pair], batch_size: int
 
 
 @dataclass
-class RewardConfig(LoopConfig):
+class RewardConfig(PreferenceConfig):
     """How to train a reward model. `train_body=False` trains only the head and the likelihood weight: with a few
     hundred pairs, letting the whole network move fits the training pairs and ranks held-out ones worse."""
 
@@ -107,7 +107,7 @@ class RewardConfig(LoopConfig):
     train_body: bool = False
 
 
-class RewardTrainer(LoopTrainer):
+class RewardTrainer(PreferenceTrainer):
     """Trains a reward model on preference pairs; evaluates pairwise accuracy on held-out pairs."""
 
     def __init__(
@@ -126,7 +126,7 @@ class RewardTrainer(LoopTrainer):
         super().__init__(model, config, tokenizer, device)
         self.pairs, self.held_out = list(pairs), list(held_out)
 
-    def train_step(self) -> dict[str, float]:
+    def update(self) -> dict[str, float]:
         """One Bradley-Terry step on a random batch of pairs."""
         picks = torch.randint(len(self.pairs), (self.config.batch_size,), generator=self.sampler.generator).tolist()
         batch = [self.pairs[i] for i in picks]
@@ -138,7 +138,7 @@ class RewardTrainer(LoopTrainer):
         accuracy = (rewards[:n] > rewards[n:]).float().mean().item()
         return {"loss": loss.item(), "accuracy": accuracy, "grad_norm": grad_norm}
 
-    def evaluate(self) -> dict[str, float]:
+    def measure(self) -> dict[str, float]:
         """Held-out pairwise accuracy and loss."""
         if not self.held_out:
             return {}

@@ -1,5 +1,5 @@
 """What the stages of learning from preferences share: answers sampled in groups, prompt + answer
-batches, per-token log-probabilities, the KL estimate, and a training loop with a time budget.
+batches, per-token log-probabilities, the KL estimate, and the trainer they are built on.
 
 A *completion* is a prompt's token ids followed by an answer's token ids. Logits at position t
 predict token t + 1, so the answer's log-probabilities sit at positions len(prompt) - 1 onward.
@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .config import MAX_BATCH, MAX_STEPS, Config, check_field_types, check_range
 from .device import pick_device
-from .sampling import stream_ragged
+from .generate import generate_answers
+from .train import TrainingDivergedError, TrainingLoop
 
 
 @dataclass
@@ -109,7 +109,6 @@ def anchor_kl(policy: nn.Module, reference: nn.Module, x: torch.Tensor, y: torch
     return (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1).mean()
 
 
-@torch.no_grad()
 def sample_answers(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -120,29 +119,12 @@ def sample_answers(
     generator: torch.Generator | None = None,
     batch_size: int = 128,
 ) -> list[list[list[int]]]:
-    """`n` sampled answers to each prompt; each ends at its first token of `stop_ids` (or at the limit).
-
-    The n * len(prompts) rows are sorted by prompt length and sampled `batch_size` at a time, prompts of
-    different lengths together (`stream_ragged`).
-    """
-    rows = sorted((len(p), i) for i, p in enumerate(prompts) for _ in range(n))
-    answers: list[list[list[int]]] = [[] for _ in prompts]
-    for start in range(0, len(rows), batch_size):
-        chunk = [i for _, i in rows[start : start + batch_size]]
-        new: list[list[int]] = [[] for _ in chunk]
-        done = [False] * len(chunk)
-        for next_ids, fresh in stream_ragged(
-            model, [prompts[i] for i in chunk], max_new_tokens, temperature, generator=generator
-        ):
-            for r, (token, is_new) in enumerate(zip(next_ids.tolist(), fresh.tolist(), strict=True)):
-                if is_new and not done[r]:
-                    new[r].append(token)
-                    done[r] = token in stop_ids or len(new[r]) == max_new_tokens
-            if all(done):
-                break
-        for i, answer in zip(chunk, new, strict=True):
-            answers[i].append(answer)
-    return answers
+    """`n` sampled answers to each prompt (`generate_answers`); each ends at its first token of `stop_ids`."""
+    flat = generate_answers(
+        model, [p for p in prompts for _ in range(n)], max_new_tokens, stop_ids, temperature,
+        generator=generator, batch_size=batch_size,
+    )  # fmt: skip
+    return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 @torch.no_grad()
@@ -206,7 +188,7 @@ class RandomState:
 
 
 @dataclass
-class LoopConfig:
+class PreferenceConfig(Config):
     """What every preference trainer needs: steps, batch, learning rate, time budget, evaluation."""
 
     max_steps: int = 100
@@ -219,61 +201,38 @@ class LoopConfig:
     time_budget: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.batch_size < 1 or self.eval_interval < 1:
-            raise ValueError("max_steps, batch_size and eval_interval must be at least 1")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+        check_field_types(self)
+        check_range(self, "max_steps", 1, MAX_STEPS)
+        check_range(self, "batch_size", 1, MAX_BATCH)
+        check_range(self, "eval_interval", 1, MAX_STEPS)
+        if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
-        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+        if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy of the config."""
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoopConfig:
-        """Config from `to_dict` output; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
-        return cls(**data)
+class PreferenceTrainer(TrainingLoop):
+    """The training loop (`train.TrainingLoop`) with AdamW on the trainable parameters and one random generator.
 
-
-class LoopTrainer:
-    """A training loop with AdamW, a time budget, periodic evaluation and checkpointable state.
-
-    Subclasses define `train_step()` (returns a dict of numbers to record) and `evaluate()` (a dict
-    of numbers measured on held-out data). The attributes `model`, `tokenizer`, `optimizer`,
-    `sampler`, `config`, `meta` and `state()` are what `save_trainer` stores.
+    Subclasses define `update()` (with `optimise(loss)`) and `measure()`.
     """
 
-    def __init__(self, model: nn.Module, config: LoopConfig, tokenizer: Any = None, device: str | None = None):
-        self.config = config
+    def __init__(self, model: nn.Module, config: PreferenceConfig, tokenizer: Any = None, device: str | None = None):
+        super().__init__(config)
         self.device = pick_device(device)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.sampler = RandomState(config.seed)
-        self.step = 0
-        self.elapsed = 0.0
-        self.history: dict[str, list[float]] = {}
-        self.evals: list[dict[str, float]] = []
-        self.meta: dict[str, Any] = {}  # saved with checkpoints: what the run is, where its reference came from
-
-    def train_step(self) -> dict[str, float]:
-        """One optimisation step; returns the numbers to record (a loss at least)."""
-        raise NotImplementedError
-
-    def evaluate(self) -> dict[str, float]:
-        """Numbers measured on held-out data."""
-        raise NotImplementedError
 
     def optimise(self, loss: torch.Tensor) -> float:
         """Backpropagate `loss`, clip the gradient, take an AdamW step; returns the gradient norm."""
         if not math.isfinite(loss.item()):
-            raise RuntimeError(f"the loss became {loss.item()} at step {self.step}; lower the learning rate")
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at step {self.step}; lower the learning rate. "
+                "Nothing non-finite is saved: the last checkpoint is intact."
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -281,76 +240,9 @@ class LoopTrainer:
         self.optimizer.step()
         return norm
 
-    def finished(self) -> bool:
-        """Whether max_steps or the time budget has been reached."""
-        return self.step >= self.config.max_steps or self.elapsed >= (self.config.time_budget or math.inf)
-
-    def _evaluated_now(self) -> bool:
-        return bool(self.evals) and self.evals[-1]["step"] == self.step
-
-    @staticmethod
-    def _postfix(record: dict[str, float]) -> dict[str, str]:
-        return {k: f"{v:.3g}" for k, v in record.items() if k not in ("step", "time")}
-
-    def _record_eval(self) -> dict[str, float]:
-        record = {"step": self.step, "time": self.elapsed, **self.evaluate()}
-        self.evals.append(record)
-        return record
-
-    def train(
-        self,
-        steps: int | None = None,
-        progress_bar: bool = True,
-        on_eval: Callable[[LoopTrainer], None] | None = None,
-        desc: str = "training",
-    ) -> list[dict[str, float]]:
-        """Train for `steps` more steps (default: until finished); returns the evaluation records.
-
-        Evaluation runs every `eval_interval` steps and at the end; its time is not counted in the
-        budget. `on_eval(trainer)` is called after each evaluation but the first (to save a checkpoint).
-        """
-        target = self.config.max_steps if steps is None else min(self.config.max_steps, self.step + steps)
-        total = None if self.config.time_budget and target >= 10**6 else target
-        bar = tqdm(total=total, initial=self.step, disable=not progress_bar, desc=desc, unit="step")
-        try:
-            while self.step < target and not self.finished():
-                if self.step % self.config.eval_interval == 0 and not self._evaluated_now():
-                    bar.set_postfix(self._postfix(self._record_eval()))
-                    if on_eval is not None and self.step > 0:
-                        on_eval(self)
-                start = time.perf_counter()
-                self.model.train()
-                record = self.train_step()
-                self.elapsed += time.perf_counter() - start
-                for key, value in {"step": self.step, **record}.items():
-                    self.history.setdefault(key, []).append(float(value))
-                self.step += 1
-                bar.update(1)
-            if not self._evaluated_now():
-                bar.set_postfix(self._postfix(self._record_eval()))
-        finally:
-            bar.close()
-        return self.evals
-
-    def state(self) -> dict[str, Any]:
-        """The training state that is not a tensor, for checkpoints."""
-        return {
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "history": self.history,
-            "evals": self.evals,
-        }
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore what `state` returned."""
-        self.step = int(state["step"])
-        self.elapsed = float(state["elapsed"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
-        self.evals = [dict(e) for e in state["evals"]]
-
 
 @dataclass
-class PolicyConfig(LoopConfig):
+class PolicyConfig(PreferenceConfig):
     """What PPO and DPO share besides the loop: the anchor, a KL to the reference on chapter 8's conversations.
 
     `anchor_coef` weighs `anchor_kl` on `anchor_batch` windows a step; it acts only when the trainer is given
@@ -362,13 +254,12 @@ class PolicyConfig(LoopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.anchor_batch < 1:
-            raise ValueError(f"anchor_batch must be at least 1, got {self.anchor_batch}")
-        if not (math.isfinite(self.anchor_coef) and self.anchor_coef >= 0):
+        check_range(self, "anchor_batch", 1, MAX_BATCH)
+        if not self.anchor_coef >= 0:
             raise ValueError(f"anchor_coef must be a number >= 0, got {self.anchor_coef}")
 
 
-class PolicyTrainer(LoopTrainer):
+class PolicyTrainer(PreferenceTrainer):
     """A loop that trains a policy (a GPT) away from a frozen reference, optionally anchored on SFT conversations.
 
     `anchor` is (x, y): windows of chapter 8's conversations with their masked targets (`sft.conversation_windows`).

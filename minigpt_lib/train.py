@@ -6,17 +6,17 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .config import MAX_BATCH, MAX_STEPS, Config, check_field_types, check_range
 from .data import BatchSampler, get_batch, sequential_windows
 from .device import pick_device
 from .optim import Muon
-from .validation import check_field_types
 
 IGNORE_INDEX = -100  # a target F.cross_entropy skips: no loss on that position
 
@@ -45,7 +45,7 @@ class TrainingDivergedError(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """How to train: steps, batch, optimiser, schedule and evaluation."""
 
     max_steps: int = 2000
@@ -69,9 +69,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        for name in ("max_steps", "batch_size", "eval_interval", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_interval", "eval_batches"):
+            check_range(self, name, 1, MAX_STEPS)
+        check_range(self, "batch_size", 1, MAX_BATCH)
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
         if self.learning_rate <= 0 or self.min_lr < 0 or self.min_lr > self.learning_rate:
@@ -89,16 +89,6 @@ class TrainConfig:
             raise ValueError(f"need muon_lr > 0 and 0 <= muon_momentum < 1, got {self.muon_lr}, {self.muon_momentum}")
         if self.autocast_dtype not in (None, "bfloat16", "float16"):
             raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {self.autocast_dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy of the config."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Config from `to_dict` output."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def lr_at(config: TrainConfig, step: int, progress: float | None = None) -> float:
@@ -180,7 +170,118 @@ def evaluate_windows(
     return total / count
 
 
-class Trainer:
+class TrainingLoop:
+    """What every trainer shares: a step count, a time budget, periodic evaluation, a history and a saved state.
+
+    A subclass sets `config` (with `max_steps`, `eval_interval`, `time_budget`), `model`, `device`,
+    `optimizer`, `sampler` (whose `get_state`/`set_state` checkpoints save) and `tokenizer`, and defines
+    `update()`, one optimisation step returning the numbers to record, and `measure()`, numbers measured on
+    held-out data. The time budget counts training steps only: evaluation time is not part of it.
+    """
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: dict[str, list[float]] = {}
+        self.evals: list[dict[str, float]] = []
+        self.meta: dict[str, Any] = {}  # saved with checkpoints: what the run is, where it came from
+
+    def update(self) -> dict[str, float]:
+        """One optimisation step; returns the numbers to record (a loss at least)."""
+        raise NotImplementedError
+
+    def measure(self) -> dict[str, float]:
+        """Numbers measured on held-out data; a non-finite one stops training."""
+        raise NotImplementedError
+
+    def train_step(self) -> dict[str, float]:
+        """One step: `update()`, timed, then recorded in the history."""
+        start = time.perf_counter()
+        self.model.train()
+        record = self.update()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.elapsed += time.perf_counter() - start
+        for key, value in {"step": self.step, **record}.items():
+            self.history.setdefault(key, []).append(float(value))
+        self.step += 1
+        return record
+
+    def progress(self) -> float:
+        """How far through training we are (0 to 1), by steps or by the time budget."""
+        done = self.step / self.config.max_steps
+        if self.config.time_budget:
+            done = max(done, self.elapsed / self.config.time_budget)
+        return done
+
+    def finished(self) -> bool:
+        """Whether max_steps or the time budget has been reached."""
+        return self.progress() >= 1.0
+
+    def _evaluated_now(self) -> bool:
+        return bool(self.evals) and self.evals[-1]["step"] == self.step
+
+    def _record_eval(self) -> dict[str, float]:
+        numbers = self.measure()
+        if not all(math.isfinite(v) for v in numbers.values()):
+            raise TrainingDivergedError(
+                f"the evaluation gave {numbers} at step {self.step}: the weights are no longer finite. "
+                "Lower the learning rate, keep gradient clipping on, or check the data."
+            )
+        record = {"step": self.step, "time": self.elapsed, **numbers}
+        self.evals.append(record)
+        return record
+
+    def train(
+        self,
+        steps: int | None = None,
+        progress_bar: bool = True,
+        on_eval: Callable[[TrainingLoop], None] | None = None,
+        desc: str = "training",
+    ) -> list[dict[str, float]]:
+        """Train for `steps` more steps (default: until finished); returns the evaluation records.
+
+        Evaluation runs every `eval_interval` steps and at the end. `on_eval(trainer)` is called after each
+        periodic evaluation but the first (to save a checkpoint, say).
+        """
+        target = self.config.max_steps if steps is None else min(self.config.max_steps, self.step + steps)
+        budget = self.config.time_budget
+        if budget:  # the bar fills with the clock, so a run that stops at its budget ends at 100%
+            bar = tqdm(total=budget, initial=min(self.elapsed, budget), disable=not progress_bar, desc=desc,
+                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}")  # fmt: skip
+        else:
+            bar = tqdm(total=target, initial=self.step, disable=not progress_bar, desc=desc, unit="step")
+        show = lambda record: bar.set_postfix(**{k: f"{v:.3g}" for k, v in record.items() if k not in ("step", "time")})
+        try:
+            while self.step < target and not self.finished():
+                if self.step % self.config.eval_interval == 0 and not self._evaluated_now():
+                    show(self._record_eval())
+                    if on_eval is not None and self.step > 0:
+                        on_eval(self)
+                self.train_step()
+                bar.update(min(self.elapsed, budget) - bar.n if budget else 1)
+            if not self._evaluated_now():
+                show(self._record_eval())
+            if budget and self.finished():  # also when max_steps came first: the run is complete
+                bar.update(bar.total - bar.n)
+        finally:
+            bar.close()
+        return self.evals
+
+    def state(self) -> dict[str, Any]:
+        """The training state that is not a tensor, for checkpoints."""
+        return {"step": self.step, "elapsed": self.elapsed, "history": self.history, "evals": self.evals}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `state` returned."""
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.evals = [dict(e) for e in state["evals"]]
+
+
+class Trainer(TrainingLoop):
     """Trains a language model (any module returning (logits, loss)) on a stream of token ids.
 
     `train_ids` and `val_ids` may instead be `BatchSource`s that make the batches themselves (chat
@@ -197,7 +298,7 @@ class Trainer:
         device: str | torch.device | None = None,
         tokenizer: Any = None,
     ):
-        self.config = config
+        super().__init__(config)
         self.device = pick_device(None if device is None else str(device))
         self.model = model.to(self.device)
         self.block_size = block_size or getattr(model, "block_size", None)
@@ -210,11 +311,7 @@ class Trainer:
             self.sampler = BatchSampler(train_ids, self.block_size, config.batch_size, seed=config.seed)
         else:
             self.sampler = train_ids
-        self.meta: dict[str, Any] = {}
-        self.step = 0
-        self.elapsed = 0.0
-        self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
-        self.evals: list[dict[str, float]] = []
+        self.history = {"step": [], "loss": [], "lr": [], "grad_norm": []}
         self._forward = torch.compile(self.model) if config.compile else self.model
 
     def wrap_model(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
@@ -226,13 +323,6 @@ class Trainer:
         if self.config.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=getattr(torch, self.config.autocast_dtype))
-
-    def progress(self) -> float:
-        """How far through training we are (0 to 1), by steps or by the time budget."""
-        done = self.step / self.config.max_steps
-        if self.config.time_budget:
-            done = max(done, self.elapsed / self.config.time_budget)
-        return done
 
     def _schedule_progress(self) -> float | None:
         if not self.config.time_budget:
@@ -261,19 +351,12 @@ class Trainer:
         self.model.train()
         return out
 
-    def _record_eval(self) -> dict[str, float]:
-        losses = self.estimate_loss()
-        if not all(math.isfinite(loss) for loss in losses.values()):
-            raise TrainingDivergedError(
-                f"the evaluation loss became {losses} at step {self.step}: the weights are no longer finite. "
-                "Lower the learning rate, keep gradient clipping on, or check the data."
-            )
-        record = {"step": self.step, "train": losses["train"], "val": losses["val"], "time": self.elapsed}
-        self.evals.append(record)
-        return record
+    def measure(self) -> dict[str, float]:
+        """The estimated train and val losses."""
+        return self.estimate_loss()
 
-    def train_step(self) -> float:
-        """One optimisation step on the next batch; returns its loss."""
+    def update(self) -> dict[str, float]:
+        """One optimisation step on the next batch: its loss, learning rate and gradient norm."""
         lr = lr_at(self.config, self.step, self._schedule_progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -292,57 +375,7 @@ class Trainer:
         max_norm = self.config.grad_clip or float("inf")
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
         self.optimizer.step()
-        self.history["step"].append(self.step)
-        self.history["loss"].append(loss_value)
-        self.history["lr"].append(lr)
-        self.history["grad_norm"].append(grad_norm)
-        self.step += 1
-        return loss_value
-
-    def finished(self) -> bool:
-        """Whether max_steps or the time budget has been reached."""
-        return self.progress() >= 1.0
-
-    def train(
-        self,
-        steps: int | None = None,
-        progress_bar: bool = True,
-        on_eval: Callable[[Trainer], None] | None = None,
-        desc: str = "training",
-    ) -> list[dict[str, float]]:
-        """Train for `steps` more steps (default: until finished); returns the evaluation records.
-
-        `on_eval(trainer)` is called after each periodic evaluation (to save a checkpoint, say).
-        """
-        target = self.config.max_steps if steps is None else min(self.config.max_steps, self.step + steps)
-        self.model.train()
-        budget = self.config.time_budget
-        if budget:  # the bar fills with the clock, so a run that stops at its budget ends at 100%
-            bar = tqdm(total=budget, initial=min(self.elapsed, budget), disable=not progress_bar, desc=desc,
-                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}")
-        else:
-            bar = tqdm(total=target, initial=self.step, disable=not progress_bar, desc=desc, unit="step")
-        try:
-            while self.step < target and not self.finished():
-                start = time.perf_counter()
-                if self.step % self.config.eval_interval == 0:
-                    record = self._record_eval()
-                    bar.set_postfix(train=f"{record['train']:.3f}", val=f"{record['val']:.3f}")
-                    if on_eval is not None and self.step > 0:
-                        on_eval(self)
-                self.train_step()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                self.elapsed += time.perf_counter() - start
-                bar.update(min(self.elapsed, budget) - bar.n if budget else 1)
-            if not self.evals or self.evals[-1]["step"] != self.step:
-                record = self._record_eval()
-                bar.set_postfix(train=f"{record['train']:.3f}", val=f"{record['val']:.3f}")
-            if budget and self.finished():  # also when max_steps came first: the run is complete
-                bar.update(bar.total - bar.n)
-        finally:
-            bar.close()
-        return self.evals
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
 
     def evaluate(self, ids: torch.Tensor | BatchSource | None = None) -> float:
         """Loss on the whole validation split (or `ids`) in non-overlapping windows."""
@@ -351,14 +384,3 @@ class Trainer:
             if not isinstance(ids, torch.Tensor):
                 return evaluate_windows(self.model, *ids.windows(), device=self.device)
             return evaluate(self.model, ids, self.block_size, device=self.device)
-
-    def state(self) -> dict[str, Any]:
-        """The training state that is not a tensor, for checkpoints."""
-        return {"step": self.step, "elapsed": self.elapsed, "history": self.history, "evals": self.evals}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore what `state` returned."""
-        self.step = int(state["step"])
-        self.elapsed = float(state["elapsed"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
-        self.evals = [dict(e) for e in state["evals"]]

@@ -5,7 +5,7 @@ import torch
 
 from minigpt_lib import GPT, GPTConfig
 from minigpt_lib.attention import KVCache
-from minigpt_lib.sampling import stream_ragged
+from minigpt_lib.generate import stream_ragged
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_seeded_sampling_with_and_without_the_cache_is_identical(model, options)
 
 def test_a_model_without_a_cache_says_so():
     from minigpt_lib import BigramLM
-    from minigpt_lib.sampling import generate
+    from minigpt_lib.generate import generate
 
     with pytest.raises(ValueError, match="no KV cache"):
         generate(BigramLM(5), torch.zeros(1, 1, dtype=torch.long), 3, use_cache=True)

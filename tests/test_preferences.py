@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from minigpt_lib import load_shakespeare
-from minigpt_lib.chat import END, USER, chat_tokenizer, message, render_prompt
+from minigpt_lib.chat import END, USER, Reply, answer_ids, chat_tokenizer, message, render_prompt, to_reply
 from minigpt_lib.chatdata import NEW_PHRASINGS, REFUSAL, TAUGHT_PHRASINGS, ChatData, Example, check
 from minigpt_lib.preferences import (
     RL_PHRASINGS,
-    answer_ids,
-    answer_text,
     distinct_pairs,
     labelling_reward,
     lock_example,
@@ -95,9 +93,9 @@ def test_system_prompt_form_earns_part_of_the_score(data):
 def test_answer_ids_and_text_round_trip():
     ids = answer_ids(TOKENIZER, "so 85")
     assert ids[-1] == TOKENIZER.special_id(END)
-    assert answer_text(TOKENIZER, ids) == ("so 85", True, False)
-    assert answer_text(TOKENIZER, ids[:-1]) == ("so 85", False, False)
-    assert answer_text(TOKENIZER, ids[:-1] + [TOKENIZER.special_id(USER)]) == ("so 85", False, True)
+    assert to_reply(TOKENIZER, ids) == Reply("so 85", True, False, len(ids) - 1)
+    assert to_reply(TOKENIZER, ids[:-1]) == Reply("so 85", False, False, len(ids) - 1)
+    assert to_reply(TOKENIZER, ids[:-1] + [TOKENIZER.special_id(USER)]) == Reply("so 85", False, True, len(ids) - 1)
 
 
 def test_rank_sorts_answers_best_first_and_pairs_need_a_gap():
@@ -110,8 +108,8 @@ def test_rank_sorts_answers_best_first_and_pairs_need_a_gap():
     # the two wrong answers are the same text (no pair); the two right ones differ by 0.04 (< min_gap)
     assert len(pairs) == 4
     for pair in pairs:
-        assert rate(example, answer_text(TOKENIZER, pair.chosen)[0]).score >= 0.9
-        assert answer_text(TOKENIZER, pair.rejected)[0] == "so 84"
+        assert rate(example, to_reply(TOKENIZER, pair.chosen).text).score >= 0.9
+        assert to_reply(TOKENIZER, pair.rejected).text == "so 84"
     assert len(ranking_pairs([ranking], min_gap=0.1, max_per_prompt=2)) == 2
     # each right answer beats both copies of "so 84": the same pair twice, kept once by distinct_pairs
     distinct = distinct_pairs(pairs)

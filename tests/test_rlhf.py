@@ -186,7 +186,7 @@ def test_dpo_steps_lower_the_loss_on_a_fixed_batch(gpt):
     pairs = toy_pairs(8, seed=3)
     config = DPOConfig(max_steps=5, batch_size=8, learning_rate=1e-2, beta=0.5, eval_interval=5)
     trainer = DPOTrainer(gpt, gpt, pairs, config, stop_ids={STOP}, held_out_pairs=pairs)
-    before = trainer.evaluate()["val_loss"]
+    before = trainer.measure()["val_loss"]
     trainer.train(progress_bar=False)
     assert before == pytest.approx(math.log(2))  # policy == reference: every margin is 0
     assert trainer.evals[-1]["val_loss"] < before

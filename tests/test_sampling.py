@@ -5,15 +5,14 @@ import math
 import pytest
 import torch
 
+from minigpt_lib.generate import complete, stream_text
 from minigpt_lib.sampling import (
     START_TEXT,
     check_sampling,
-    complete,
     filter_logits,
     greedy,
     next_token_probs,
     sample_next,
-    stream_text,
     top_k_filter,
     top_p_filter,
 )
