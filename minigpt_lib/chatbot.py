@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from .chat import chat_tokenizer, render_prompt
-from .chatdata import FAMILIES, ChatData, Example, change_report, evaluate_chat, format_table, row_hits
-from .chatdata import score as table_of
 from .checkpoint import CheckpointError, load_checkpoint, read_manifest, restore_training, resume_trainer, save_trainer
 from .dpo import DPOConfig, DPOTrainer
+from .evaluation import change_report, evaluate_chat, format_table, row_hits
+from .evaluation import score as table_of
 from .model import GPT, GPTConfig
 from .ppo import PPOConfig, PPOTrainer
 from .preferences import (
@@ -42,6 +42,7 @@ from .presets import get_preset
 from .reward import Pair, RewardConfig, RewardModel, RewardTrainer, score
 from .rlhf import LoopConfig, LoopTrainer
 from .sft import conversation_windows, finetune_trainer, finished_sft, resume_finetune, sft_config
+from .tasks import FAMILIES, ChatData, Example
 from .train import Trainer
 
 PREFERENCES = dict(
