@@ -4,7 +4,7 @@ models compare prompt by prompt.
 - `score(examples, replies)` -> dict of the table's rows (fractions 0..1); `row_hits` gives the same per
   prompt, and `paired_change(before, after, row)` compares two models on the same prompts;
 - `evaluate_chat(model, tokenizer, examples)` generates the replies and scores them;
-- `rows()` lists the table's rows: one per family of `tasks.TASKS`, plus `format` (every reply ends its
+- `table_rows()` lists the table's rows: one per family of `tasks.TASKS`, plus `format` (every reply ends its
   turn and never writes another role's) and `system_style` (the form a system prompt asks for, alone);
 - `few_shot_prompt(example, shots)`: a plain-text Q/A prompt for a model that never saw the chat template.
 """
@@ -26,7 +26,7 @@ EXTRA_ROWS = {
 }  # row -> (label, target): the two rows that are not families
 
 
-def rows() -> dict[str, str]:
+def table_rows() -> dict[str, str]:
     """The held-out table's rows in order, with their labels: the format, then each family's row (a family
     that also checks a system prompt's form comes after a row of the form alone)."""
     out = {FORMAT_ROW: EXTRA_ROWS[FORMAT_ROW][0]}
@@ -60,7 +60,7 @@ def row_hits(examples: Sequence[Example], replies: Sequence[Reply | str]) -> dic
         hits.setdefault(task.name, []).append(refused(text) if task.counts_refusals else check(example, text))
         if task.form_row:
             hits.setdefault(STYLE_ROW, []).append(style_ok(example, text.strip()))
-    return {row: hits[row] for row in rows() if row in hits}
+    return {row: hits[row] for row in table_rows() if row in hits}
 
 
 def score(examples: Sequence[Example], replies: Sequence[Reply | str]) -> dict[str, float]:
@@ -124,7 +124,7 @@ def paired_change(before: dict[str, list[bool]], after: dict[str, list[bool]], r
 
 def change_report(before: dict[str, list[bool]], after: dict[str, list[bool]]) -> str:
     """One line per row of the held-out table where any prompt changed between two `row_hits` results."""
-    labels = rows()
+    labels = table_rows()
     changes = [paired_change(before, after, row) for row in before if row in after]
     lines = [f"{labels[c.row]:<52}{c}" for c in changes if c.gained or c.lost]
     return "\n".join(lines) if lines else "no prompt's result changed"
@@ -139,9 +139,9 @@ def meets_target(row: str, value: float) -> bool | None:
 
 
 def format_table(columns: dict[str, dict[str, float]]) -> str:
-    """A plain-text table: one row per row of `rows()` present, one column per named result, then the target."""
+    """A plain-text table: one row per row of `table_rows()` present, one column per named result, then the target."""
     names = list(columns)
-    labels = rows()
+    labels = table_rows()
     width = max(len(label) for label in labels.values())
     lines = [f"{'held-out prompts':<{width}}  " + "  ".join(f"{n:>9}" for n in names) + "     target"]
     for row, label in labels.items():

@@ -12,8 +12,8 @@ from minigpt_lib.evaluation import (
     meets_target,
     paired_change,
     row_hits,
-    rows,
     score,
+    table_rows,
 )
 from minigpt_lib.taskcontent import REFUSAL
 from minigpt_lib.tasks import ChatData, Example
@@ -39,7 +39,7 @@ def test_score_counts_format_accuracy_and_refusal_rates():
 
 
 def test_the_table_shows_format_first_and_a_system_prompts_form_just_above_its_content():
-    order = list(rows())
+    order = list(table_rows())
     assert order[0] == "format" and order.index("system_style") == order.index("system") - 1
     assert meets_target("format", 0.99) and not meets_target("format", 0.98)
     assert meets_target("safe", 0.04) and not meets_target("safe", 0.06)  # refusals of safe requests: lower is better

@@ -4,7 +4,7 @@ import pytest
 
 from minigpt_lib import load_shakespeare
 from minigpt_lib.chat import message
-from minigpt_lib.evaluation import format_table, meets_target, rows, score
+from minigpt_lib.evaluation import format_table, meets_target, score, table_rows
 from minigpt_lib.preferences import rate
 from minigpt_lib.taskcontent import (
     REFUSAL,
@@ -180,6 +180,6 @@ def test_a_family_added_to_the_registry_alone_is_drawn_checked_scored_and_rated(
     held = data.heldout_examples(5, families=["double"])
     assert len(held) == 5 and all(check(e, e.answer) and not check(e, "0") for e in held)
     table = score(held, [e.answer for e in held[:3]] + ["0", "0"])
-    assert table == {"double": 0.6} and list(rows())[-1] == "double"
+    assert table == {"double": 0.6} and list(table_rows())[-1] == "double"
     assert "double a number" in format_table({"model": table}) and meets_target("double", 0.6) is False
     assert rate(held[0], held[0].answer).reasons == ["+1 correct"] and rate(held[0], "0").reasons == ["+0 wrong"]
