@@ -395,7 +395,8 @@ TASKS: dict[str, Task] = {
         request_task("safe_new", "false refusals, safe look-alikes (new phrasings)", True, True),
     )
 }  # fmt: skip
-FAMILIES = tuple(TASKS)
+FAMILIES = tuple(TASKS)  # every family's name, in the held-out table's order
+# the trained families and their shares of the training conversations
 TRAIN_WEIGHTS = {name: task.weight for name, task in TASKS.items() if task.weight is not None}
 
 

@@ -1,8 +1,5 @@
-import random
-
 import pytest
 
-from minigpt_lib import load_shakespeare
 from minigpt_lib.chat import Reply, message
 from minigpt_lib.evaluation import (
     change_report,
@@ -16,12 +13,7 @@ from minigpt_lib.evaluation import (
     table_rows,
 )
 from minigpt_lib.taskcontent import REFUSAL
-from minigpt_lib.tasks import ChatData, Example
-
-
-@pytest.fixture(scope="module")
-def data() -> ChatData:
-    return ChatData(load_shakespeare())
+from minigpt_lib.tasks import Example
 
 
 def test_score_counts_format_accuracy_and_refusal_rates():
@@ -76,10 +68,16 @@ def test_mean_difference_of_paired_scores_and_its_interval():
         mean_difference([1.0], [1.0, 2.0])
 
 
-def test_few_shot_prompts_show_solved_examples_then_the_question(data):
-    rng = random.Random(0)
-    shots = [data.example("upper", "train", rng) for _ in range(2)]
-    question = data.example("upper", "test", rng)
-    prompt = few_shot_prompt(question, shots)
-    assert prompt.count("Q: ") == 3 and prompt.endswith("\nA:")
-    assert prompt.startswith(f"Q: {shots[0].messages[0]['content']}\nA: {shots[0].answer}\n")
+def test_few_shot_prompts_show_solved_examples_then_the_question():
+    def upper(word: str) -> Example:
+        return Example("upper", [message("user", f"Write '{word}' in capitals.")], word.upper(), {"word": word})
+
+    prompt = few_shot_prompt(upper("king"), [upper("lamb"), upper("moon")])
+    assert prompt == (
+        "Q: Write 'lamb' in capitals.\nA: LAMB\nQ: Write 'moon' in capitals.\nA: MOON\nQ: Write 'king' in capitals.\nA:"
+    )
+    recall = Example(
+        "memory", [message("user", "I live in Ely."), message("assistant", "Nice."), message("user", "?")], ""
+    )
+    with pytest.raises(ValueError, match="one-question"):
+        few_shot_prompt(recall, [upper("lamb")])
