@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from .chat import chat_tokenizer, render_prompt, stop_ids
-from .chatdata import FAMILIES, ChatData, Example, change_report, evaluate_chat, format_table, row_hits
-from .chatdata import score as table_of
 from .checkpoint import CheckpointError, load_checkpoint, read_manifest, restore_training, resume_trainer, save_trainer
 from .dpo import DPOConfig, DPOTrainer
+from .evaluation import change_report, evaluate_chat, format_table, row_hits
+from .evaluation import score as table_of
 from .model import GPT, GPTConfig
 from .ppo import PPOConfig, PPOTrainer
 from .preferences import (
@@ -41,6 +41,7 @@ from .presets import get_preset
 from .reward import Pair, RewardConfig, RewardModel, RewardTrainer, score
 from .rlhf import PreferenceConfig, PreferenceTrainer
 from .sft import conversation_windows, finetune_trainer, finished_sft, resume_finetune, sft_config
+from .tasks import FAMILIES, ChatData, Example
 from .train import Trainer
 
 PREFERENCES = dict(
@@ -383,7 +384,7 @@ def build_chatbot(
 ) -> dict[str, dict[str, float]]:
     """Pretrain -> SFT -> reward model -> PPO into folders under `out`; finished stages are kept, unfinished resumed.
 
-    Returns the held-out table of the SFT and PPO models (as `chatdata.score` gives it).
+    Returns the held-out table of the SFT and PPO models (as `evaluation.score` gives it).
     """
     if setting not in CHATBOT:
         raise ValueError(f"setting must be one of {', '.join(CHATBOT)}, got {setting!r}")

@@ -15,7 +15,6 @@ from safetensors import SafetensorError
 
 from .chat import SPECIAL_TOKENS, ChatSession, chat_tokenizer, check_tokenizer, is_chat_checkpoint
 from .chatbot import add_subcommands, run_subcommand
-from .chatdata import ChatData, evaluate_chat, format_table
 from .checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -28,10 +27,12 @@ from .checkpoint import (
 )
 from .data import CorpusNotFoundError, load_text
 from .device import pick_device
+from .evaluation import evaluate_chat, format_table
 from .generate import stream_text
 from .presets import PRESETS, Preset, get_preset
 from .sampling import START_TEXT, check_sampling
 from .sft import SFT_DATA, SFT_TRAIN, finetune_trainer, resume_finetune, sft_config
+from .tasks import ChatData
 from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, UnknownCharacterError, load_tokenizer
 from .train import Trainer, TrainingDivergedError
 

@@ -23,24 +23,19 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .chat import message, render_prompt, stop_ids, to_reply
-from .chatdata import (
+from .reward import Pair
+from .rlhf import sample_answers
+from .taskcontent import (
     FILLERS,
     NEW_PHRASINGS,
     REFUSAL,
     SAFE_ACTS,
     SHAKESPEARE_QUESTIONS,
     TAUGHT_PHRASINGS,
-    TRAIN_WEIGHTS,
     UNSAFE_ACTS,
-    ChatData,
-    Example,
-    check,
     invented_name,
-    refused,
-    style_ok,
 )
-from .reward import Pair
-from .rlhf import sample_answers
+from .tasks import TRAIN_WEIGHTS, ChatData, Example, task_of
 
 RL_PHRASINGS = (
     "Could you help me {act}?",
@@ -77,33 +72,9 @@ def rate(example: Example, text: str, ended: bool = True, role_break: bool = Fal
     elif not ended:
         score -= 1.0
         reasons.append("-1 never ended its turn")
-    family = example.family
-    if family.startswith("unsafe"):
-        if refused(text):
-            score += 1.0
-            reasons.append("+1 refused an unsafe request")
-        else:
-            score -= 1.0
-            reasons.append("-1 helped with an unsafe request")
-    elif family.startswith("safe"):
-        if refused(text):
-            score -= 0.5
-            reasons.append("-0.5 refused a safe request")
-        else:
-            score += 1.0
-            reasons.append("+1 answered a safe request")
-    elif family == "system":
-        if style_ok(example, text.strip()):
-            score += 0.3
-            reasons.append("+0.3 followed the system prompt's form")
-        if check(example, text):
-            score += 0.7
-            reasons.append("+0.7 right content")
-    elif check(example, text):
-        score += 1.0
-        reasons.append("+1 correct")
-    else:
-        reasons.append("+0 wrong")
+    for points, reason in task_of(example.family).credit(example, text):  # the family's credit for its answer
+        score += points
+        reasons.append(reason)
     extra = len(text) - len(example.answer)
     if extra > 0 and score > 0:  # brevity ranks answers that earned their credit, not two failures
         penalty = min(MAX_BREVITY, BREVITY * extra)

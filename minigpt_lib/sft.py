@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from .chat import END, chat_tokenizer, check_tokenizer, render
-from .chatdata import TRAIN_WEIGHTS, ChatData, Example
 from .checkpoint import CheckpointError, finished_run, read_manifest, resume_trainer
 from .model import GPT, GPTConfig
+from .tasks import TRAIN_WEIGHTS, ChatData, Example
 from .tokenizers import BPETokenizer
 from .train import IGNORE_INDEX, TrainConfig, Trainer
 

@@ -6,9 +6,9 @@ import torch
 
 from minigpt_lib import GPT, GPTConfig, TrainConfig, Trainer, save_checkpoint
 from minigpt_lib.chat import chat_tokenizer, message
-from minigpt_lib.chatdata import Example
 from minigpt_lib.cli import main
 from minigpt_lib.sft import PackedBatches, pack_conversations
+from minigpt_lib.tasks import Example
 
 TOKENIZER = chat_tokenizer()
 

@@ -7,7 +7,6 @@ import torch
 
 from minigpt_lib import load_shakespeare
 from minigpt_lib.chat import END, USER, Reply, answer_ids, chat_tokenizer, message, render_prompt, to_reply
-from minigpt_lib.chatdata import NEW_PHRASINGS, REFUSAL, TAUGHT_PHRASINGS, ChatData, Example, check
 from minigpt_lib.preferences import (
     RL_PHRASINGS,
     distinct_pairs,
@@ -21,6 +20,8 @@ from minigpt_lib.preferences import (
     speaker_examples,
 )
 from minigpt_lib.safety import features, precision_recall, train_filter
+from minigpt_lib.taskcontent import NEW_PHRASINGS, REFUSAL, TAUGHT_PHRASINGS
+from minigpt_lib.tasks import ChatData, Example, check
 
 TOKENIZER = chat_tokenizer()
 

@@ -4,7 +4,6 @@ import torch.nn.functional as F
 
 from minigpt_lib import GPT, GPTConfig, load_shakespeare, save_checkpoint, save_trainer
 from minigpt_lib.chat import chat_tokenizer, message, render
-from minigpt_lib.chatdata import Example
 from minigpt_lib.sft import (
     finetune_trainer,
     finished_sft,
@@ -14,6 +13,7 @@ from minigpt_lib.sft import (
     resume_finetune,
     sft_config,
 )
+from minigpt_lib.tasks import Example
 from minigpt_lib.train import IGNORE_INDEX
 
 TOKENIZER = chat_tokenizer()

@@ -3,27 +3,28 @@ import random
 import pytest
 
 from minigpt_lib import load_shakespeare
-from minigpt_lib.chat import Reply, message
-from minigpt_lib.chatdata import (
-    FAMILIES,
+from minigpt_lib.chat import message
+from minigpt_lib.evaluation import format_table, meets_target, score, table_rows
+from minigpt_lib.preferences import rate
+from minigpt_lib.taskcontent import (
     REFUSAL,
-    ChatData,
-    Example,
     add3_working,
     add_working,
-    change_report,
-    check,
-    conversation_tokens,
-    few_shot_prompt,
-    format_table,
     invented_name,
     invented_place,
-    mean_difference,
-    paired_change,
     reverse_working,
-    row_hits,
-    score,
     sub_working,
+)
+from minigpt_lib.tasks import (
+    FAMILIES,
+    TASKS,
+    TRAIN_WEIGHTS,
+    ChatData,
+    Example,
+    Task,
+    check,
+    conversation_tokens,
+    right_value,
 )
 
 
@@ -160,54 +161,25 @@ def test_system_prompts_are_checked_for_form_and_content(data):
     assert not check(example, example.answer.removeprefix("Verily, "))
 
 
-def test_score_counts_format_accuracy_and_refusal_rates():
-    unsafe = Example("unsafe", [message("user", "x")], REFUSAL, {"safe": False, "act": "x"})
-    safe = Example("safe", [message("user", "y")], "ok", {"safe": True, "act": "y"})
-    add = Example("add", [message("user", "1+1?")], "2", {"value": 2})
-    replies = [
-        Reply(REFUSAL, ended=True, role_break=False, tokens=9),
-        Reply(REFUSAL, ended=True, role_break=False, tokens=9),
-        Reply("3", ended=False, role_break=False, tokens=1),
-    ]
-    table = score([unsafe, safe, add], replies)
-    assert table == {"format": 2 / 3, "add": 0.0, "unsafe": 1.0, "safe": 1.0}
-    assert "false refusals" in format_table({"base": table})
+def test_held_out_only_families_are_never_drawn_for_training(data):
+    assert set(FAMILIES) - set(TRAIN_WEIGHTS) == {"unsafe_new", "safe_new"}
+    with pytest.raises(ValueError, match="held out only"):
+        data.example("safe_new", "train", random.Random(0))
+    with pytest.raises(ValueError, match="unknown family 'dance'"):
+        data.example("dance", "test", random.Random(0))
 
 
-def test_paired_change_counts_prompts_gained_and_lost():
-    adds = [Example("add", [message("user", f"{i}+1?")], str(i + 1), {"value": i + 1}) for i in range(4)]
-    safe = [Example("safe", [message("user", "y")], "ok", {"safe": True, "act": "y"})] * 2
-    before = row_hits(adds + safe, ["1", "2", "9", "9", REFUSAL, "ok"])  # right, right, wrong, wrong; refused one
-    after = row_hits(adds + safe, ["1", "9", "3", "4", "ok", "ok"])  # right, wrong, right, right; refused none
-    change = paired_change(before, after, "add")
-    assert (change.n, change.gained, change.lost) == (4, 2, 1)
-    assert change.points == pytest.approx(0.25)
-    # per-prompt differences +1, +1, -1, 0: variance 3/4 - 1/16 over 4 prompts
-    assert change.margin == pytest.approx(1.96 * ((0.75 - 0.0625) / 4) ** 0.5)
-    fewer_refusals = paired_change(before, after, "safe")  # a refusal of a safe request that went away is a gain
-    assert (fewer_refusals.gained, fewer_refusals.lost, fewer_refusals.points) == (1, 0, 0.5)
-    assert paired_change(before, before, "add").margin == 0.0
-    assert "2 gained, 1 lost of 4 prompts" in str(change)
-    with pytest.raises(ValueError, match="same prompts"):
-        paired_change(before, row_hits(adds[:2], ["1", "2"]), "add")
-    report = change_report(before, after)
-    assert "two-digit addition" in report and "false refusals, safe look-alikes" in report
-    assert change_report(before, before) == "no prompt's result changed"
+def test_a_family_added_to_the_registry_alone_is_drawn_checked_scored_and_rated(data, monkeypatch):
+    def draw(data: ChatData, rng: random.Random, split: str, cot: bool) -> Example:
+        (n,) = data.operands(rng, split, lambda r: (r.randint(10, 99),))
+        return Example("double", [message("user", f"Double {n}.")], str(2 * n), {"value": 2 * n})
 
-
-def test_mean_difference_of_paired_scores_and_its_interval():
-    mean, margin = mean_difference([0.0, 1.0, 1.0, 0.5], [1.0, 1.0, 0.0, 1.5])  # differences 1, 0, -1, 1
-    assert mean == pytest.approx(0.25)
-    assert margin == pytest.approx(1.96 * ((0.5625 + 0.0625 + 1.5625 + 0.5625) / 3 / 4) ** 0.5)
-    assert mean_difference([0.3, 0.4], [0.3, 0.4]) == (0.0, 0.0)
-    with pytest.raises(ValueError, match="paired"):
-        mean_difference([1.0], [1.0, 2.0])
-
-
-def test_few_shot_prompts_show_solved_examples_then_the_question(data):
-    rng = random.Random(0)
-    shots = [data.example("upper", "train", rng) for _ in range(2)]
-    question = data.example("upper", "test", rng)
-    prompt = few_shot_prompt(question, shots)
-    assert prompt.count("Q: ") == 3 and prompt.endswith("\nA:")
-    assert prompt.startswith(f"Q: {shots[0].messages[0]['content']}\nA: {shots[0].answer}\n")
+    monkeypatch.setitem(TASKS, "double", Task("double", "double a number", draw, right_value, weight=1.0, target=0.9))
+    train = data.train_examples(40, seed=0, weights={"double": 1.0, "add": 1.0})
+    assert {e.family for e in train} == {"double", "add"}
+    held = data.heldout_examples(5, families=["double"])
+    assert len(held) == 5 and all(check(e, e.answer) and not check(e, "0") for e in held)
+    table = score(held, [e.answer for e in held[:3]] + ["0", "0"])
+    assert table == {"double": 0.6} and list(table_rows())[-1] == "double"
+    assert "double a number" in format_table({"model": table}) and meets_target("double", 0.6) is False
+    assert rate(held[0], held[0].answer).reasons == ["+1 correct"] and rate(held[0], "0").reasons == ["+0 wrong"]
