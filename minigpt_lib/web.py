@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from .checkpoint import load_checkpoint
 from .model import GPT, GPTConfig
@@ -35,6 +34,7 @@ from .tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = "minigpt-web/1"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
+SAFETENSORS_DTYPES = {torch.float16: "F16", torch.float32: "F32"}
 TIED = "transformer.wte.weight"  # stored once, as lm_head.weight
 SCRIPT = 'window.MINIGPT_WEIGHTS = window.MINIGPT_WEIGHTS || {{}};\nwindow.MINIGPT_WEIGHTS[{name}] = "{data}";\n'
 SCRIPT_DATA = re.compile(r'MINIGPT_WEIGHTS\[[^\]]*\] = "([A-Za-z0-9+/=]*)"')
@@ -72,7 +72,25 @@ def web_bytes(model: GPT, tokenizer: Tokenizer, meta: dict[str, Any], dtype: str
         "tied": f"{TIED}=lm_head.weight",
         **{key: json.dumps(value, ensure_ascii=False) for key, value in meta.items()},
     }
-    return save_tensors(tensors, metadata=metadata)
+    return _safetensors(tensors, metadata)
+
+
+def _safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Safetensors bytes with the header's keys in order, so that the same weights always give the same file."""
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        blob = tensors[name].numpy().tobytes()  # little-endian, as safetensors stores numbers
+        header[name] = dict(
+            dtype=SAFETENSORS_DTYPES[tensors[name].dtype],
+            shape=list(tensors[name].shape),
+            data_offsets=[offset, offset + len(blob)],
+        )
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the tensors start on an 8-byte boundary
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
 def weights_script(name: str, data: bytes) -> str:

@@ -19,19 +19,20 @@ const MiniGPT = (() => {
     return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
   }
 
+  const HALF_TO_FLOAT = Float32Array.from({ length: 65536 }, (_, h) => halfToFloat(h)); // every float16, once
+
   function readSafetensors(bytes) {
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const headerLength = Number(view.getBigUint64(0, true));
+    const headerLength = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
     const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLength)));
     const tensors = {};
     for (const [name, info] of Object.entries(header)) {
       if (name === "__metadata__") continue;
-      const half = info.dtype === "F16", start = 8 + headerLength + info.data_offsets[0];
-      const values = new Float32Array((info.data_offsets[1] - info.data_offsets[0]) / (half ? 2 : 4));
-      for (let i = 0; i < values.length; i++) {
-        values[i] = half ? halfToFloat(view.getUint16(start + 2 * i, true)) : view.getFloat32(start + 4 * i, true);
-      }
-      tensors[name] = values;
+      const [begin, end] = info.data_offsets.map((offset) => 8 + headerLength + offset);
+      const raw = bytes.slice(begin, end).buffer; // a copy, aligned for the typed arrays below
+      if (info.dtype === "F16") {
+        const halves = new Uint16Array(raw), values = (tensors[name] = new Float32Array(halves.length));
+        for (let i = 0; i < halves.length; i++) values[i] = HALF_TO_FLOAT[halves[i]];
+      } else tensors[name] = new Float32Array(raw);
     }
     return { tensors, metadata: header.__metadata__ };
   }
@@ -40,9 +41,15 @@ const MiniGPT = (() => {
   function linear(weight, x, outFeatures) { // nn.Linear without bias: weight is (out, in), row by row
     const n = x.length, y = new Float64Array(outFeatures);
     for (let o = 0, row = 0; o < outFeatures; o++, row += n) {
-      let sum = 0;
-      for (let i = 0; i < n; i++) sum += weight[row + i] * x[i];
-      y[o] = sum;
+      let a = 0, b = 0, c = 0, d = 0, i = 0; // four running sums: about twice as fast as one
+      for (; i + 3 < n; i += 4) {
+        a += weight[row + i] * x[i];
+        b += weight[row + i + 1] * x[i + 1];
+        c += weight[row + i + 2] * x[i + 2];
+        d += weight[row + i + 3] * x[i + 3];
+      }
+      for (; i < n; i++) a += weight[row + i] * x[i];
+      y[o] = a + b + (c + d);
     }
     return y;
   }
@@ -55,19 +62,11 @@ const MiniGPT = (() => {
     return x.map((v, i) => (v - mean) * scale * weight[i]);
   }
 
-  function erf(x) { // JavaScript has no Math.erf: a Taylor series near 0, a continued fraction further out
-    const z = Math.abs(x);
-    if (z > 3) {
-      let fraction = z;
-      for (let n = 60; n >= 1; n--) fraction = z + n / 2 / fraction;
-      return Math.sign(x) * (1 - Math.exp(-z * z) / Math.sqrt(Math.PI) / fraction);
-    }
-    let term = x, sum = x;
-    for (let n = 1; Math.abs(term) > 1e-17 * Math.abs(sum); n++) {
-      term *= -x * x / n;
-      sum += term / (2 * n + 1);
-    }
-    return 2 / Math.sqrt(Math.PI) * sum;
+  function erf(x) { // JavaScript has no Math.erf: Numerical Recipes' erfc, to a relative 1.2e-7
+    const z = Math.abs(x), t = 1 / (1 + z / 2);
+    const r = t * Math.exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 +
+      t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+    return x >= 0 ? 1 - r : r - 1;
   }
 
   const gelu = (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)); // nn.GELU(): exact, with erf
@@ -99,27 +98,25 @@ const MiniGPT = (() => {
 
   // One new position attends to itself and the cached positions (at most block_size - 1 of them).
   function attention(q, keys, values, nHead) {
-    const C = q.length, headSize = C / nHead, y = new Float64Array(C);
-    for (let h = 0; h < nHead; h++) {
-      const offset = h * headSize;
-      const scores = keys.map((k) => {
+    const C = q.length, headSize = C / nHead, y = new Float64Array(C), scores = new Float64Array(keys.length);
+    for (let h = 0, offset = 0; h < nHead; h++, offset += headSize) {
+      for (let j = 0; j < keys.length; j++) {
         let dot = 0;
-        for (let i = 0; i < headSize; i++) dot += q[offset + i] * k[offset + i];
-        return dot / Math.sqrt(headSize);
-      });
+        for (let i = offset; i < offset + headSize; i++) dot += q[i] * keys[j][i];
+        scores[j] = dot / Math.sqrt(headSize);
+      }
       const weights = softmax(scores);
-      values.forEach((v, j) => {
-        for (let i = 0; i < headSize; i++) y[offset + i] += weights[j] * v[offset + i];
-      });
+      for (let j = 0; j < values.length; j++) {
+        for (let i = offset; i < offset + headSize; i++) y[i] += weights[j] * values[j][i];
+      }
     }
     return y;
   }
 
-  function causalSelfAttention(x, w, cache, position, config) {
+  function causalSelfAttention(x, w, cache, [cos, sin], config) {
     const C = config.n_embd, headSize = C / config.n_head;
     const qkv = linear(w.c_attn, x, 3 * C);
     const q = qkv.subarray(0, C), k = qkv.slice(C, 2 * C), v = qkv.slice(2 * C);
-    const [cos, sin] = rotaryTables(position, headSize);
     for (let h = 0; h < config.n_head; h++) {
       applyRotary(q, h * headSize, headSize, cos, sin);
       applyRotary(k, h * headSize, headSize, cos, sin);
@@ -137,8 +134,8 @@ const MiniGPT = (() => {
     return x.map((v, i) => v + y[i]);
   }
 
-  function block(x, w, cache, position, config) { // pre-norm: x + attn(ln_1(x)), then x + mlp(ln_2(x))
-    x = add(x, causalSelfAttention(layerNorm(x, w.ln_1), w.attn, cache, position, config));
+  function block(x, w, cache, rotary, config) { // pre-norm: x + attn(ln_1(x)), then x + mlp(ln_2(x))
+    x = add(x, causalSelfAttention(layerNorm(x, w.ln_1), w.attn, cache, rotary, config));
     return add(x, mlp(layerNorm(x, w.ln_2), w.mlp, config.activation));
   }
 
@@ -173,8 +170,9 @@ const MiniGPT = (() => {
     // The logits of the token after `token`, which follows the cache's positions; extends the cache.
     forward(token, cache) {
       const C = this.config.n_embd;
+      const rotary = rotaryTables(cache.seen, C / this.config.n_head); // the angles of this position
       let x = Float64Array.from(this.wte.subarray(token * C, (token + 1) * C));
-      this.h.forEach((w, l) => { x = block(x, w, cache.layers[l], cache.seen, this.config); });
+      this.h.forEach((w, l) => { x = block(x, w, cache.layers[l], rotary, this.config); });
       cache.seen += 1;
       return linear(this.wte, layerNorm(x, this.ln_f), this.config.vocab_size); // lm_head = wte
     }
