@@ -165,7 +165,8 @@
     const reset = element("button", { type: "button", name: "reset", textContent: "Reset" });
     const temperature = numberInput("temperature", 0, 0, 5, 0.05), seed = numberInput("seed", 1337, 0, 4294967295, 1);
     const log = element("div", { className: "minigpt-chat-log" });
-    const status = element("p", { className: "minigpt-status", textContent: describe(model) });
+    const note = model.chat ? "" : " (this model was never taught to chat: it only continues text)";
+    const status = element("p", { className: "minigpt-status", textContent: describe(model) + note });
     box.replaceChildren(field("system prompt", system), log,
       element("div", { className: "minigpt-row" }, input, send, stop, reset,
         field("temperature (0: greedy)", temperature), field("seed", seed)), status);
