@@ -258,9 +258,9 @@
   }
 
   const start = () => {
-    document.querySelectorAll(".minigpt-sampler").forEach((box) => setUp(box, buildSampler));
-    document.querySelectorAll(".minigpt-chat").forEach((box) => setUp(box, buildChat));
+    document.querySelectorAll(".minigpt-sampler:not([data-state])").forEach((box) => setUp(box, buildSampler));
+    document.querySelectorAll(".minigpt-chat:not([data-state])").forEach((box) => setUp(box, buildChat));
   };
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
-  else start();
+  start(); // the boxes above this script load their model now, while the rest of the page is read
+  document.addEventListener("DOMContentLoaded", start);
 })();
