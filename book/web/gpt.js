@@ -69,7 +69,7 @@ const MiniGPT = (() => {
     return x >= 0 ? 1 - r : r - 1;
   }
 
-  const gelu = (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)); // nn.GELU(): exact, with erf
+  const gelu = (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)); // nn.GELU(): 0.5 x (1 + erf(x / √2))
   const geluTanh = (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
   function mlp(x, w, activation) { // expand 4x, GELU, project back
