@@ -24,7 +24,7 @@ export MINIGPT_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: book test lint setup setup-browser vendor clean chatbot
+.PHONY: book test lint setup setup-browser vendor clean chatbot web-models
 
 setup: $(STAMP) vendor
 
@@ -61,6 +61,21 @@ test: $(STAMP) lint vendor $(BROWSER_STAMP)
 chatbot: $(STAMP)
 	$(BIN)/python -m minigpt_lib chatbot --out runs/chatbot
 	$(BIN)/python -m minigpt_lib chat --ckpt runs/chatbot/ppo
+
+# The models that the book's pages run in the reader's browser: book/web/models/*.safetensors (committed, float16).
+# Chapter 6's sampler runs chapter 5's model (the cpu preset, chapter 5's settings); chapter 8's chat box runs
+# the chapter 8 recipe's assistant (WEB_CHAT_CKPT=runs/chatbot/ppo, say, exports another). A run missing from
+# runs/ is trained first (about 10 + 15 minutes on 2 CPU cores); delete a run to train it again.
+WEB_CHAT_CKPT ?= runs/chat
+web-models: $(STAMP)
+	test -f runs/chapter5/checkpoint.json || $(BIN)/python -m minigpt_lib train --preset cpu --out runs/chapter5
+	$(BIN)/python -m minigpt_lib export-web --ckpt runs/chapter5 --out book/web/models/chapter6.safetensors
+	test -f runs/chat.json || $(BIN)/python -m minigpt_lib tokenizer chat --out runs/chat.json
+	test -f runs/chat-base/checkpoint.json || $(BIN)/python -m minigpt_lib train --preset cpu \
+		--tokenizer runs/chat.json --max-steps 1000 --out runs/chat-base
+	test -f $(WEB_CHAT_CKPT)/checkpoint.json || $(BIN)/python -m minigpt_lib sft --base runs/chat-base \
+		--out $(WEB_CHAT_CKPT) --max-steps 2000
+	$(BIN)/python -m minigpt_lib export-web --ckpt $(WEB_CHAT_CKPT) --out book/web/models/chat.safetensors
 
 clean:
 	rm -rf _build .pytest_cache

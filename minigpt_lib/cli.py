@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from . import web
 from .chat import SPECIAL_TOKENS, ChatSession, chat_tokenizer, check_tokenizer, is_chat_checkpoint
 from .chatbot import add_subcommands, run_subcommand
 from .checkpoint import (
@@ -151,6 +152,7 @@ def _build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, default=1337)
     chat.add_argument("--device", default="auto")
     add_subcommands(sub)
+    web.add_arguments(sub.add_parser("export-web", help="write a checkpoint's model for the book's pages (JavaScript)"))
     return parser
 
 
@@ -581,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sft(args)
         if args.command == "chat":
             return _chat(args)
+        if args.command == "export-web":
+            return web.run(args)
         if args.command in ("reward", "ppo", "dpo", "chatbot"):
             return run_subcommand(args, load_text(None))
         return _sample(args)

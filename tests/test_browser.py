@@ -141,3 +141,54 @@ def test_temperature_slider_changes_the_figure(server, browser):
     assert max(after["bars"]) < max(before["bars"]), "a higher temperature should flatten the distribution"
     assert after["text"] != before["text"] and after["title"] != before["title"]
     assert visit.outside == [] and visit.failed == []
+
+
+def generate_in_the_box(page, prompt: str, length: int) -> str:
+    """Type a prompt into chapter 6's live box, press Generate, wait for the text; returns the box's text."""
+    page.wait_for_selector(".minigpt-sampler[data-state=ready]", timeout=15_000)
+    box = page.locator(".minigpt-sampler")
+    box.scroll_into_view_if_needed()
+    box.locator("textarea[name=prompt]").fill(prompt)
+    box.locator("input[name=length]").fill(str(length))
+    box.locator("button[name=generate]").click()
+    page.wait_for_selector(".minigpt-sampler[data-state=ready]", timeout=60_000)
+    assert "characters per second" in box.locator(".minigpt-status").text_content()
+    return box.locator(".minigpt-output").text_content()
+
+
+def test_chapter_6_box_writes_with_the_chapters_model(server, browser):
+    visit = Visit(browser, server)
+    visit.open("notebooks/06_generating_text.html")
+    written = generate_in_the_box(visit.page, "JULIET:\n", 300)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    visit.page.locator(".minigpt-sampler").screenshot(path=str(SCREENSHOTS / "06_live_sampler.png"))
+    visit.context.close()
+    assert written.startswith("JULIET:\n") and len(written) == len("JULIET:\n") + 300
+    assert visit.outside == [] and visit.failed == []
+
+
+def test_chapter_6_box_works_from_disk(book_html, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((book_html / "notebooks" / "06_generating_text.html").as_uri())
+    written = generate_in_the_box(page, "ROMEO:\n", 100)
+    context.close()
+    assert len(written) == len("ROMEO:\n") + 100
+    assert [url for url in requests if not url.startswith("file://")] == []
+
+
+def test_chapter_8_chat_box_answers(server, browser):
+    visit = Visit(browser, server)
+    page = visit.page
+    visit.open("notebooks/08_supervised_finetuning.html")
+    page.wait_for_selector(".minigpt-chat[data-state=ready]", timeout=15_000)
+    box = page.locator(".minigpt-chat")
+    box.locator("input[name=message]").fill("What is 12+30?")
+    box.locator("input[name=message]").press("Enter")
+    page.wait_for_selector(".minigpt-chat[data-state=ready]", timeout=60_000)
+    answer = box.locator(".minigpt-assistant").text_content()
+    visit.context.close()
+    assert answer.strip(), "the chat model wrote nothing"
+    assert visit.outside == [] and visit.failed == []
