@@ -27,20 +27,40 @@ def torchrun(nproc: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
 
+def backend_for(local_rank: int, local_world_size: int) -> tuple[str, torch.device, str]:
+    """(backend, device, reason) for one of `local_world_size` processes on this machine.
+
+    NCCL needs one GPU per process: with fewer GPUs than local processes (two ranks on Colab's one
+    GPU, say) every rank falls back to gloo on the CPU, rather than rank 1 asking for a GPU that is not
+    there. Every rank sees the same GPU count, so they all choose the same backend.
+    """
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus >= local_world_size:
+        return "nccl", torch.device("cuda", local_rank), f"NCCL, one GPU per process ({gpus} GPUs)"
+    if gpus == 0:
+        return "gloo", torch.device("cpu"), "gloo on the CPU (no GPU)"
+    gpu_word = f"{gpus} GPU" + ("s" if gpus > 1 else "")
+    reason = (
+        f"gloo on the CPU: {local_world_size} processes but {gpu_word}, and NCCL needs one GPU per process "
+        f"(launch with --nproc_per_node={gpus} to train on the GPU)"
+    )
+    return "gloo", torch.device("cpu"), reason
+
+
 def setup() -> tuple[int, int, torch.device]:
     """Join the process group torchrun describes; returns (rank, world size, this rank's device)."""
     if "RANK" not in os.environ:
         raise ValueError(
             "--parallel needs several processes: launch with `torchrun --nproc_per_node=2 -m minigpt_lib train ...`"
         )
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        device = torch.device("cuda", local)
-    else:
-        dist.init_process_group("gloo")
-        device = torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    backend, device, reason = backend_for(local_rank, local_world)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif torch.cuda.is_available() and local_rank == 0:
+        print(f"distributed: {reason}", file=sys.stderr)
+    dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -27,15 +27,14 @@ class Run:
 
 def ladder(widths: list[int], n_layer: int, block_size: int, vocab_size: int, head_size: int = 16) -> list[GPTConfig]:
     """Models of the same depth and growing width (heads of `head_size` dimensions)."""
-    return [
-        GPTConfig(vocab_size, block_size, n_layer, n_head=max(1, w // head_size), n_embd=w)
-        for w in widths
-    ]
+    return [GPTConfig(vocab_size, block_size, n_layer, n_head=max(1, w // head_size), n_embd=w) for w in widths]
 
 
-def budgets(max_flops: float, count: int) -> list[float]:
-    """`count` compute budgets, halving from `max_flops` down."""
-    return [max_flops / 2**k for k in reversed(range(count))]
+def budgets(max_flops: float, count: int, ratio: float = 2.0) -> list[float]:
+    """`count` compute budgets, each `ratio` times the one before, the largest `max_flops`."""
+    if count < 1 or ratio <= 1:
+        raise ValueError(f"need count >= 1 and ratio > 1, got count={count}, ratio={ratio}")
+    return [max_flops / ratio**k for k in reversed(range(count))]
 
 
 def train_on_budgets(
@@ -100,79 +99,175 @@ def run_experiment(
     return runs
 
 
+def fit_line(x: list[float], y: list[float]) -> tuple[float, float, float]:
+    """(slope, intercept, slope's standard error) of the least-squares line y = slope * x + intercept."""
+    if len(x) < 2:
+        raise ValueError(f"a line needs at least 2 points, got {len(x)}")
+    xs, ys = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    dx = xs - xs.mean()
+    slope = (dx * (ys - ys.mean())).sum() / (dx**2).sum()
+    intercept = ys.mean() - slope * xs.mean()
+    residuals = ys - (slope * xs + intercept)
+    spread = (residuals**2).sum() / (len(x) - 2) if len(x) > 2 else torch.tensor(math.nan)
+    return float(slope), float(intercept), float((spread / (dx**2).sum()).sqrt())
+
+
 def fit_power_law(x: list[float], y: list[float]) -> tuple[float, float]:
-    """(a, b) of y = a * x ** b, by least squares on log y against log x."""
-    lx, ly = torch.tensor(x, dtype=torch.float64).log(), torch.tensor(y, dtype=torch.float64).log()
-    b = ((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum()
-    a = (ly.mean() - b * lx.mean()).exp()
-    return float(a), float(b)
+    """(a, b) of y = a * x ** b: the least-squares line of log y against log x."""
+    b, log_a, _ = fit_line([math.log(v) for v in x], [math.log(v) for v in y])
+    return math.exp(log_a), b
 
 
-def isoflop_optimum(params: list[float], losses: list[float]) -> tuple[float, float]:
-    """(parameters, loss) at the bottom of a parabola fitted to loss against log(parameters) near its minimum.
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t distribution with `df` degrees of freedom, by numerical integration."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"need 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
 
-    Uses the best size and its neighbours; at an end of the ladder, the best size itself.
+    def upper_cdf(t: float, n: int = 2000) -> float:  # P(0 < T < t), Simpson's rule
+        h = t / n
+        f = [math.exp(log_norm - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
+        return h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    low, high = 0.0, 1.0
+    while upper_cdf(high) < p - 0.5:
+        low, high = high, 2 * high
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if upper_cdf(mid) < p - 0.5 else (low, mid)
+    return (low + high) / 2
+
+
+def exponent_interval(x: list[float], y: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Interval for b of y = a * x ** b at `level`, from the slope's standard error (needs 3 points or more)."""
+    if len(x) < 3:
+        raise ValueError(f"an interval needs at least 3 points, got {len(x)}")
+    b, _, error = fit_line([math.log(v) for v in x], [math.log(v) for v in y])
+    half = t_quantile(0.5 + level / 2, len(x) - 2) * error
+    return b - half, b + half
+
+
+def fit_parabola(x: list[float], y: list[float]) -> tuple[float, float, float]:
+    """(c2, c1, c0) of the least-squares parabola y = c2 * x**2 + c1 * x + c0."""
+    if len(x) < 3:
+        raise ValueError(f"a parabola needs at least 3 points, got {len(x)}")
+    design = torch.tensor([[v * v, v, 1.0] for v in x], dtype=torch.float64)
+    solution = torch.linalg.lstsq(design, torch.tensor(y, dtype=torch.float64)[:, None]).solution
+    c2, c1, c0 = solution[:, 0].tolist()
+    return c2, c1, c0
+
+
+def isoflop_optimum(params: list[float], losses: list[float], reach: int = 2) -> tuple[float, float, bool]:
+    """(parameters, loss, interior) at the bottom of a parabola in log(parameters) through the best size and
+    up to `reach` neighbours on each side (least squares).
+
+    `interior` is False when the best size is the smallest or the largest of the ladder: the true optimum
+    may then lie beyond it, and the best measured size itself is returned.
     """
     best = min(range(len(losses)), key=losses.__getitem__)
     if best in (0, len(losses) - 1):
-        return params[best], losses[best]
-    lx = [math.log(params[i]) for i in (best - 1, best, best + 1)]
-    ly = [losses[i] for i in (best - 1, best, best + 1)]
-    design = torch.tensor([[v * v, v, 1.0] for v in lx], dtype=torch.float64)
-    c2, c1, c0 = torch.linalg.solve(design, torch.tensor(ly, dtype=torch.float64)).tolist()
-    if c2 <= 0:
-        return params[best], losses[best]
-    x = -c1 / (2 * c2)
-    return math.exp(x), c2 * x * x + c1 * x + c0
+        return params[best], losses[best], False
+    near = range(max(0, best - reach), min(len(losses), best + reach + 1))
+    c2, c1, c0 = fit_parabola([math.log(params[i]) for i in near], [losses[i] for i in near])
+    x = -c1 / (2 * c2) if c2 > 0 else math.log(params[best])
+    low, high = math.log(params[best - 1]), math.log(params[best + 1])
+    x = min(max(x, low), high)  # the bottom stays between the best size's neighbours
+    return math.exp(x), c2 * x * x + c1 * x + c0, True
 
 
 def analyse(runs: list[Run]) -> dict[str, Any]:
-    """Compute-optimal size and loss at each budget, and power laws fitted through them.
+    """Compute-optimal size, loss and tokens at each budget, and power laws fitted through the interior optima.
 
-    `loss_fit` (a, b): best loss = a * C ** b; `size_fit` (a, b): best parameter count = a * C ** b.
+    An optimum at an end of the ladder (`interior` False) only bounds the true one, so the fits leave it out.
+    `loss_fit` (a, b): best loss = a * C ** b; `size_fit` (a, b): best parameter count = a * C ** b, and
+    `size_interval`: an interval for its exponent b (95%, needs three interior optima).
     """
     n_budgets = len(runs[0].flops)
     flops = [sum(r.flops[k] for r in runs) / len(runs) for k in range(n_budgets)]  # the same up to rounding
     params = [r.params for r in runs]
     optima = [isoflop_optimum(params, [r.loss[k] for r in runs]) for k in range(n_budgets)]
-    best_params, best_loss = [o[0] for o in optima], [o[1] for o in optima]
-    tokens = [c / (6 * n) for c, n in zip(flops, best_params, strict=True)]
+    best_params, best_loss, interior = ([o[i] for o in optima] for i in range(3))
+    tokens = [optimal_tokens(runs, k, n) for k, n in enumerate(best_params)]
+    fitted = [k for k in range(n_budgets) if interior[k]]
+    if len(fitted) < 2:
+        raise ValueError(
+            f"only {len(fitted)} of {n_budgets} budgets have their best size inside the ladder: "
+            "add smaller models (if the smallest wins) or larger ones, or change the budgets"
+        )
+    c, n, loss = ([v[k] for k in fitted] for v in (flops, best_params, best_loss))
     return {
         "flops": flops,
         "best_params": best_params,
         "best_loss": best_loss,
+        "interior": interior,
+        "tokens": tokens,
         "tokens_per_param": [t / n for t, n in zip(tokens, best_params, strict=True)],
-        "loss_fit": fit_power_law(flops, best_loss),
-        "size_fit": fit_power_law(flops, best_params),
+        "loss_fit": fit_power_law(c, loss),
+        "size_fit": fit_power_law(c, n),
+        "size_interval": exponent_interval(c, n) if len(fitted) >= 3 else (math.nan, math.nan),
     }
 
 
+def optimal_tokens(runs: list[Run], budget: int, params: float) -> float:
+    """Training tokens of a model of `params` parameters at budget number `budget`, interpolated in log-log
+    between the ladder's models (whose tokens are exact: attention makes them fewer than C / 6N)."""
+    points = sorted((r.params, r.flops[budget] / flops_per_token(r.config)) for r in runs)
+    lx = [math.log(n) for n, _ in points]
+    ly = [math.log(t) for _, t in points]
+    x = min(max(math.log(params), lx[0]), lx[-1])
+    i = max(j for j in range(len(lx) - 1) if lx[j] <= x) if x < lx[-1] else len(lx) - 2
+    share = (x - lx[i]) / (lx[i + 1] - lx[i])
+    return math.exp(ly[i] + share * (ly[i + 1] - ly[i]))
+
+
 def plot(runs: list[Run], result: dict[str, Any]) -> Any:
-    """Three log-log panels: loss against compute per size, loss against size per budget, best size against compute."""
+    """Three log-log panels: loss against compute per size, loss against size per budget, best size against compute.
+
+    Stars are interior optima (fitted); an optimum at an end of the ladder is drawn hollow and left out of the fits.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
-    flops = result["flops"]
+    flops, interior = result["flops"], result["interior"]
+    inside = [k for k in range(len(flops)) if interior[k]]
     for r in runs:
         axes[0].plot(r.flops, r.loss, "o-", ms=3, label=f"{r.params / 1e3:.0f}k params")
     a, b = result["loss_fit"]
-    xs = [flops[0], flops[-1] * 10]
+    xs = [flops[inside[0]], flops[-1] * 10]
     axes[0].plot(xs, [a * x**b for x in xs], "k--", label=f"best: {a:.2f}·C^{b:.3f}")
     axes[0].set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="validation loss")
     axes[0].set_title("loss against compute")
     colours = plt.cm.viridis([k / max(1, len(flops) - 1) for k in range(len(flops))])
     for k, c in enumerate(flops):
-        axes[1].plot([r.params for r in runs], [r.loss[k] for r in runs], "o-", color=colours[k], label=f"C={c:.1e}")
-        axes[1].plot(result["best_params"][k], result["best_loss"][k], "*", color=colours[k], ms=12)
+        axes[1].plot(
+            [r.params for r in runs], [r.loss[k] for r in runs], "o-", ms=3, color=colours[k], label=f"C={c:.1e}"
+        )
+        style = dict(ms=12, color=colours[k]) if interior[k] else dict(ms=10, mfc="none", mec=colours[k])
+        axes[1].plot(result["best_params"][k], result["best_loss"][k], "*" if interior[k] else "v", **style)
     axes[1].set(xscale="log", yscale="log", xlabel="parameters N", ylabel="validation loss")
     axes[1].set_title("same compute, different sizes (stars: fitted optimum)")
     a, b = result["size_fit"]
-    axes[2].plot(flops, result["best_params"], "*", ms=12, label="measured optimum")
+    axes[2].plot(
+        [flops[k] for k in inside],
+        [result["best_params"][k] for k in inside],
+        "*",
+        ms=12,
+        label="interior optimum (fitted)",
+    )
+    edge = [k for k in range(len(flops)) if not interior[k]]
+    if edge:
+        axes[2].plot(
+            [flops[k] for k in edge],
+            [result["best_params"][k] for k in edge],
+            "v",
+            ms=10,
+            mfc="none",
+            label="at the ladder's end (not fitted)",
+        )
     axes[2].plot(xs, [a * x**b for x in xs], "k--", label=f"fit: N ∝ C^{b:.2f}")
-    scale = result["best_params"][-1] / flops[-1] ** 0.5
-    axes[2].plot(xs, [scale * x**0.5 for x in xs], ":", label="Chinchilla: N ∝ C^0.50")
-    scale = result["best_params"][-1] / flops[-1] ** 0.73
-    axes[2].plot(xs, [scale * x**0.73 for x in xs], ":", label="Kaplan: N ∝ C^0.73")
+    anchor_c, anchor_n = flops[inside[-1]], result["best_params"][inside[-1]]
+    for name, slope in (("Chinchilla", 0.5), ("Kaplan", 0.73)):
+        axes[2].plot(xs, [anchor_n * (x / anchor_c) ** slope for x in xs], ":", label=f"{name}: N ∝ C^{slope:.2f}")
     axes[2].set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="compute-optimal N")
     axes[2].set_title("best size against compute")
     for ax in axes:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minigpt_lib import load_checkpoint
+from minigpt_lib import distributed, load_checkpoint
 from minigpt_lib.checkpoint import read_manifest
 from minigpt_lib.cli import main
 from minigpt_lib.data import BatchSampler
@@ -77,3 +77,51 @@ def test_fsdp_refuses_muon_with_a_reason(tiny_model, ids):
     trainer = Trainer(tiny_model, ids, ids, TrainConfig(optimizer="muon"), device="cpu")
     with pytest.raises(ValueError, match="Muon"):
         parallelize(trainer, "fsdp")
+
+
+def fake_gpus(monkeypatch, count: int) -> list:
+    """Pretend this machine has `count` GPUs; returns the list of devices set_device was asked for."""
+    asked: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", asked.append)
+    return asked
+
+
+def joined_group(monkeypatch, rank: int, world: int) -> list[str]:
+    """Torchrun's environment for `rank` of `world` local processes, and a recorder of the backend joined."""
+    backends: list[str] = []
+    env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed.dist, "init_process_group", backends.append)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: world)
+    return backends
+
+
+def test_second_rank_on_a_one_gpu_machine_falls_back_to_gloo_on_the_cpu(monkeypatch):
+    asked = fake_gpus(monkeypatch, 1)
+    backends = joined_group(monkeypatch, rank=1, world=2)
+    assert distributed.setup() == (1, 2, torch.device("cpu"))
+    assert backends == ["gloo"] and asked == []  # never asks for a second GPU
+
+
+def test_every_rank_makes_the_same_choice_when_gpus_are_fewer_than_ranks(monkeypatch, capsys):
+    fake_gpus(monkeypatch, 1)
+    joined_group(monkeypatch, rank=0, world=2)
+    assert distributed.setup()[2] == torch.device("cpu")
+    assert "2 processes but 1 GPU" in capsys.readouterr().err  # rank 0 says why, and what to do
+
+
+def test_one_gpu_per_rank_uses_nccl_on_that_rank_s_gpu(monkeypatch):
+    asked = fake_gpus(monkeypatch, 2)
+    backends = joined_group(monkeypatch, rank=1, world=2)
+    assert distributed.setup() == (1, 2, torch.device("cuda", 1))
+    assert backends == ["nccl"] and asked == [torch.device("cuda", 1)]
+
+
+def test_no_gpu_uses_gloo_on_the_cpu(monkeypatch):
+    asked = fake_gpus(monkeypatch, 0)
+    backends = joined_group(monkeypatch, rank=0, world=2)
+    assert distributed.setup()[2] == torch.device("cpu") and backends == ["gloo"] and asked == []
