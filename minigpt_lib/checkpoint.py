@@ -544,14 +544,14 @@ def _load(
 
 
 def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", model_class: type[torch.nn.Module] = GPT
+    path: str | Path, device: str | torch.device | None = "cpu", model_class: type[torch.nn.Module] = GPT
 ) -> tuple[GPT, CharTokenizer | None, dict[str, Any]]:
     """Load a model (and its tokenizer) from a checkpoint folder; returns (model, tokenizer, manifest).
 
     `model_class` is built from the GPTConfig in the manifest: GPT, or a model around one (a reward model).
     """
     model, tokenizer, manifest, _ = _load(Path(path), model_class)
-    return model.to(device), tokenizer, manifest
+    return model.to(device or "cpu"), tokenizer, manifest
 
 
 def _restore(path: Path, trainer: Any, manifest: dict[str, Any], blobs: dict[str, bytes]) -> Any:

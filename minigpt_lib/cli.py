@@ -1,4 +1,10 @@
-"""Command line: `python -m minigpt_lib` with `train`, `sample`, `tokenizer`, `sft` (fine-tuning) or `chat`."""
+"""Command line: `python -m minigpt_lib COMMAND`. Each command is an `_add_<command>` that declares its options and
+a `_<command>` that runs it, with one rule for what they share: the device (`--device`, default auto: cuda, then
+mps, then cpu), `--threads`, the output folder (`stages.claim`) and the time budget (`stages.limits`).
+
+Training: `train` (pretraining), `sft`, `reward`, `ppo`, `dpo`, `chatbot` (all four stages). Using models: `sample`,
+`chat`, `export-web`. Tools: `tokenizer train|chat`, `import-gpt2`.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +15,27 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
 
 from . import web
 from .chat import SPECIAL_TOKENS, ChatSession, chat_tokenizer, check_tokenizer, is_chat_checkpoint
-from .chatbot import add_subcommands, run_subcommand
-from .checkpoint import (
-    MANIFEST,
-    CheckpointError,
-    folder_lock,
-    load_checkpoint,
-    other_files,
-    read_manifest,
-    resume_trainer,
-    save_trainer,
-)
+from .chatbot import CHATBOT, build_chatbot
+from .checkpoint import CheckpointError, load_checkpoint
 from .data import CorpusNotFoundError, load_text
 from .device import pick_device
+from .dpo import DPOConfig
 from .evaluation import evaluate_chat, format_table
 from .generate import stream_text
-from .presets import PRESETS, Preset, get_preset
+from .ppo import PPOConfig
+from .presets import PRESETS
 from .sampling import START_TEXT, check_sampling
-from .sft import SFT_DATA, SFT_TRAIN, finetune_trainer, resume_finetune, sft_config
+from .sft import SFT_DATA, SFT_TRAIN
+from .stages import Interrupted, build_trainer, claim, limits, run_stage, train_and_save
 from .tasks import ChatData
-from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, UnknownCharacterError, load_tokenizer
-from .train import Trainer, TrainingDivergedError
+from .tokenizers import BPETokenizer, CharTokenizer, UnknownCharacterError, load_tokenizer
+from .train import TrainingDivergedError
 
 
 def _positive_int(text: str) -> int:
@@ -63,31 +63,8 @@ def _seconds(text: str) -> float:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minigpt_lib", description="Train and sample MiniGPT models.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train a GPT on Tiny Shakespeare or your own text")
-    train.add_argument("--preset", choices=sorted(PRESETS), help="recipe (default: cpu; with --resume: the run's)")
-    train.add_argument("--data", type=Path, help="UTF-8 text file to train on (default: Tiny Shakespeare)")
-    train.add_argument(
-        "--tokenizer", type=Path, help="tokenizer file from `tokenizer train` (default: one token per character)"
-    )
-    train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<preset>)")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    train.add_argument(
-        "--overwrite", action="store_true", help="replace the run in --out by a new one (other files there are kept)"
-    )
-    train.add_argument(
-        "--time-budget", type=_seconds, help="stop after this many seconds of training (with --resume: this many more)"
-    )
-    train.add_argument("--max-steps", type=_positive_int, help="override the preset's number of steps (in all)")
-    train.add_argument("--seed", type=int, help="override the preset's seed")
-    train.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
-    train.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch (default: PyTorch's choice)")
-    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="use torch.compile")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--batch-size", type=int, help="override the preset's batch size (per process with --parallel)")
-    train.add_argument(
-        "--parallel", choices=("ddp", "fsdp"), help="data-parallel over the processes of `torchrun --nproc_per_node=N`"
-    )
+    _add_train(sub)
+    _add_stages(sub)
 
     sample = sub.add_parser("sample", help="generate text from a trained checkpoint")
     sample.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder written by `train`")
@@ -103,7 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--no-cache", dest="use_cache", action="store_false", help="plain loop without the KV cache (same text, slower)"
     )
-    sample.add_argument("--device", default="auto")
+    _machine_options(sample)
 
     tokenizer = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tokenizer_sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
@@ -117,43 +94,140 @@ def _build_parser() -> argparse.ArgumentParser:
     bpe.add_argument("--pattern", default="gpt4", help="pre-split regex: gpt4 (default), gpt2, or a regex of your own")
     bpe.add_argument("--special", action="append", default=[], metavar="NAME", help="a special token (repeatable)")
     bpe.add_argument("--quiet", action="store_true", help="no progress bar")
+    chat_tok = tokenizer_sub.add_parser("chat", help="save the chat tokenizer (bytes + chat special tokens)")
+    chat_tok.add_argument("--out", type=Path, required=True, help="JSON file to write the tokenizer to")
+    chat_tok.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if it is not a tokenizer file (one is replaced)"
+    )
 
     gpt2 = sub.add_parser("import-gpt2", help="turn a Hugging Face GPT-2 folder into a checkpoint of ours")
     gpt2.add_argument("--from", dest="source", type=Path, required=True, help="Hugging Face GPT-2 folder")
     gpt2.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (must not exist yet)")
-    chat_tok = tokenizer_sub.add_parser("chat", help="save the chat tokenizer (bytes + chat special tokens)")
-    chat_tok.add_argument("--out", type=Path, required=True, help="JSON file to write the tokenizer to")
-
-    sft = sub.add_parser("sft", help="fine-tune a pretrained checkpoint into a chat model (chapter 8)")
-    sft.add_argument("--base", type=Path, help="pretrained checkpoint (its tokenizer must be the chat tokenizer)")
-    sft.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned checkpoint")
-    sft.add_argument("--data", type=Path, help="text to take words and names from (default: Shakespeare)")
-    sft.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
-    sft.add_argument(
-        "--overwrite", action="store_true", help="replace the run in --out by a new one (other files there are kept)"
-    )
-    sft.add_argument("--time-budget", type=_seconds, help="stop after this many seconds of training")
-    sft.add_argument("--max-steps", type=_positive_int, help=f"number of steps (default {SFT_TRAIN['max_steps']})")
-    sft.add_argument("--seed", type=int, help="seed of the batch order")
-    sft.add_argument("--bare", action="store_true", help="arithmetic answered with the bare number, no working")
-    sft.add_argument("--conversations", type=int, help=f"training conversations (default {SFT_DATA['n_train']})")
-    sft.add_argument("--eval", type=int, default=50, help="held-out prompts per family scored at the end (0: none)")
-    sft.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
-    sft.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
-    sft.add_argument("--quiet", action="store_true", help="no progress bar")
 
     chat = sub.add_parser("chat", help="chat with a fine-tuned checkpoint (type /help for commands)")
     chat.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder written by `sft`")
     chat.add_argument("--system", help="system prompt (change it later with /system TEXT)")
-    chat.add_argument("--max-new-tokens", type=int, default=200)
+    chat.add_argument("--max-new-tokens", type=_positive_int, default=200)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 (default) picks the most likely token")
     chat.add_argument("--top-k", type=int, help="sample only among the k most likely tokens")
     chat.add_argument("--top-p", type=float, help="sample only among the most likely tokens that make up p")
     chat.add_argument("--seed", type=int, default=1337)
-    chat.add_argument("--device", default="auto")
-    add_subcommands(sub)
+    _machine_options(chat)
     web.add_arguments(sub.add_parser("export-web", help="write a checkpoint's model for the book's pages (JavaScript)"))
     return parser
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _machine_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that runs a model has: where and on how many CPU threads."""
+    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: cuda, then mps, then cpu)")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+
+
+def _machine(args: argparse.Namespace, threads: int | None = None) -> torch.device:
+    """The one device rule of every command (`device.pick_device`), after setting --threads (or `threads`)."""
+    if getattr(args, "threads", None) or threads:
+        torch.set_num_threads(args.threads or threads)
+    return pick_device(args.device)
+
+
+def _run_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
+    """The options of every training command: the folder, resuming, how long, the seed, the machine."""
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out by a new one (other files there are kept)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=_seconds,
+        help="train for this many seconds instead of a fixed number of steps (with --resume: this many more)",
+    )
+    parser.add_argument("--max-steps", type=_positive_int, help=f"number of steps in all ({steps_help})")
+    parser.add_argument("--seed", type=int, help="seed of the run's random choices")
+    _machine_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_train(sub: Any) -> None:
+    train = sub.add_parser("train", help="train a GPT on Tiny Shakespeare or your own text")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="recipe (default: cpu; with --resume: the run's)")
+    train.add_argument("--data", type=Path, help="UTF-8 text file to train on (default: Tiny Shakespeare)")
+    train.add_argument(
+        "--tokenizer", type=Path, help="tokenizer file from `tokenizer train` (default: one token per character)"
+    )
+    train.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<preset>)")
+    _run_options(train, "default: the preset's")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="use torch.compile")
+    train.add_argument(
+        "--batch-size", type=_positive_int, help="override the preset's batch size (per process with --parallel)"
+    )
+    train.add_argument(
+        "--parallel", choices=("ddp", "fsdp"), help="data-parallel over the processes of `torchrun --nproc_per_node=N`"
+    )
+
+
+def _add_stages(sub: Any) -> None:
+    sft = sub.add_parser("sft", help="fine-tune a pretrained checkpoint into a chat model (chapter 8)")
+    sft.add_argument("--base", type=Path, help="pretrained checkpoint (its tokenizer must be the chat tokenizer)")
+    sft.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned checkpoint")
+    sft.add_argument("--data", type=Path, help="text to take words and names from (default: Shakespeare)")
+    _run_options(sft, f"default {SFT_TRAIN['max_steps']}")
+    sft.add_argument("--bare", action="store_true", help="arithmetic answered with the bare number, no working")
+    sft.add_argument(
+        "--conversations", type=_positive_int, help=f"training conversations (default {SFT_DATA['n_train']})"
+    )
+    sft.add_argument("--eval", type=_count, default=50, help="held-out prompts per family scored at the end (0: none)")
+
+    reward = sub.add_parser("reward", help="rank sampled answers of a chat model and train a reward model (chapter 9)")
+    reward.add_argument("--sft", type=Path, help="the fine-tuned chat checkpoint (from `sft`)")
+    reward.add_argument("--pairs", type=Path, help="JSON file of preference pairs: read if it exists, else written")
+    reward.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    _run_options(reward, "default 60")
+    ppo = sub.add_parser("ppo", help="optimise a chat model against a reward model with PPO (chapter 9)")
+    ppo.add_argument("--sft", type=Path, help="the fine-tuned chat checkpoint (from `sft`)")
+    ppo.add_argument("--reward", type=Path, help="the reward model's checkpoint (from `reward`)")
+    ppo.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    ppo.add_argument("--kl-coef", type=_finite, help=f"weight of the KL penalty (default {PPOConfig.kl_coef}; 0: none)")
+    _run_options(ppo, f"default {PPOConfig.max_steps}")
+    dpo = sub.add_parser("dpo", help="fine-tune a chat model on ranked pairs with DPO (chapter 9)")
+    dpo.add_argument("--sft", type=Path, help="the fine-tuned chat checkpoint (from `sft`)")
+    dpo.add_argument("--pairs", type=Path, help="JSON file of preference pairs: read if it exists, else written")
+    dpo.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    dpo.add_argument("--beta", type=_finite, help=f"DPO's beta (default {DPOConfig.beta})")
+    _run_options(dpo, f"default {DPOConfig.max_steps}")
+
+    chatbot = sub.add_parser("chatbot", help="build a mini ChatGPT from nothing: pretrain, SFT, reward model, PPO")
+    chatbot.add_argument("--out", type=Path, required=True, help="folder for the stages' checkpoints")
+    chatbot.add_argument("--setting", default="full", choices=sorted(CHATBOT), help="full (default) or fast (a test)")
+    chatbot.add_argument(
+        "--time-budget",
+        type=_seconds,
+        help="seconds for pretraining and for SFT each, instead of their fixed steps (the model then depends on "
+        "the machine's speed)",
+    )
+    _machine_options(chatbot)
+    chatbot.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _train_parallel(args: argparse.Namespace) -> int:
@@ -170,12 +244,6 @@ def _train_parallel(args: argparse.Namespace) -> int:
         distributed.teardown()
 
 
-def _encode_split(tokenizer: Tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split `text` 90/10 by characters, then encode each part (the same split for every tokenizer)."""
-    n = int(0.9 * len(text))
-    return tokenizer.encode_tensor(text[:n]), tokenizer.encode_tensor(text[n:])
-
-
 def _rank() -> int:
     """This process's rank under torchrun (0 when not distributed)."""
     import torch.distributed as dist
@@ -183,179 +251,109 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _out_problem(out: Path, resume: bool, overwrite: bool) -> str | None:
-    """Why `out` cannot take this run (None if it can): nothing the user did not ask for is ever replaced."""
-    if out.is_symlink():
-        return f"--out {out} is a symbolic link; give the folder it points to, or a new folder"
-    if out.exists() and not out.is_dir():
-        return f"--out {out} is a file, not a folder; give a new folder (or one that holds a run)"
-    has_run = (out / MANIFEST).exists()
-    if resume and not has_run:
-        # Versions before checkpoint format 2 swapped whole folders; a kill mid-swap left the run in .NAME.old-PID.
-        moved = [p for p in out.parent.glob(f".{out.name}.old-*") if (p / MANIFEST).is_file()]
-        if moved:
-            return f"{out} holds no checkpoint, but an interrupted save left it in {moved[0]}; move it to {out}"
-        return f"--resume given but {out} holds no checkpoint; drop --resume to start afresh"
-    if resume:
-        return None
-    if has_run and not overwrite:
-        try:
-            state = read_manifest(out).get("train_state") or {}
-            what = f"a training run (step {state.get('step', '?')})"
-        except CheckpointError:
-            what = "a checkpoint (damaged)"
-        return (
-            f"{out} already holds {what}; add --resume to continue it, or --overwrite to replace it by a new run "
-            "(other files in the folder are kept), or choose another --out"
-        )
-    if out.is_dir() and not has_run and other_files(out):
-        listed = ", ".join(other_files(out)[:3]) + (", ..." if len(other_files(out)) > 3 else "")
-        return f"{out} is not empty ({listed}) and holds no checkpoint; choose a new folder for --out (nothing written)"
-    return None
+def _preset_of(manifest: dict[str, Any]) -> str:
+    """The name of the preset whose model a saved run has (for resumed runs), or 'custom'."""
+    vocab = manifest["model_config"].get("vocab_size", 0)
+    names = [n for n, p in PRESETS.items() if p.model_config(vocab).to_dict() == manifest["model_config"]]
+    return names[0] if names else "custom"
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
-    if args.resume and args.overwrite:
-        print("error: give --resume (continue the run) or --overwrite (start a new one), not both", file=sys.stderr)
-        return 2
-    preset = get_preset(args.preset or "cpu")
+    preset = PRESETS.get(args.preset or "cpu")
     out = args.out or Path("runs") / (args.preset or "cpu")
-    device = pick_device(None if args.device == "auto" else args.device)
-    problem = _out_problem(out, args.resume, args.overwrite)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    device = _machine(args, preset.threads)
     text = load_text(args.data)
     tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
-    if args.threads or preset.threads:
-        torch.set_num_threads(args.threads or preset.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"error: cannot create the folder {out} ({err.strerror}); choose one you can write to", file=sys.stderr)
-        return 2
-    try:
-        # Under torchrun only rank 0 writes, so only rank 0 takes the folder's lock.
-        lock = folder_lock(out) if _rank() == 0 else contextlib.nullcontext()
-        with lock:  # checks that the folder is writable, before any training
-            problem = _out_problem(out, args.resume, args.overwrite)  # again, now that no one else can write there
-            if problem:
-                print(f"error: {problem}", file=sys.stderr)
-                return 2
-            return _run(args, preset, out, device, text, tokenizer)
-    finally:
-        if created:
-            try:
-                out.rmdir()  # only if nothing was saved: a folder with files is never removed
-            except OSError:
-                pass
+    # Under torchrun only rank 0 writes, so only rank 0 takes the folder's lock.
+    with claim(out, args.resume, args.overwrite, lock=_rank() == 0) as manifest:
+        if tokenizer is None and manifest is None:
+            tokenizer = CharTokenizer.from_text(text)
+        train = dict(seed=args.seed, compile=args.compile, batch_size=args.batch_size)
+        train.update(limits(args.max_steps, args.time_budget, manifest))
+        inputs = dict(preset=args.preset, tokenizer=tokenizer, device=device)
+        trainer = build_trainer("pretrain", out, manifest, text, train, **inputs)
+        name = _preset_of(manifest) if manifest else args.preset or "cpu"
+        if manifest:
+            print(f"resuming {out} at step {trainer.step} with the run's own settings")
+        write = None
+        if args.parallel:
+            from . import distributed
 
-
-def _run(
-    args: argparse.Namespace, preset: Preset, out: Path, device: torch.device, text: str, tokenizer: Tokenizer | None
-) -> int:
-    """Build or resume the trainer, train, and save into the locked folder `out`."""
-    # A time budget alone trains until the clock runs out (the preset's step count no longer applies).
-    max_steps = args.max_steps if args.max_steps is not None else (10**9 if args.time_budget else None)
-    overrides = dict(max_steps=max_steps, seed=args.seed, time_budget=args.time_budget, compile=args.compile)
-    overrides["batch_size"] = args.batch_size
-    if args.resume:
-        _, saved_tokenizer, manifest = load_checkpoint(out)
-        if saved_tokenizer is None or "train_state" not in manifest:
-            print(f"error: {out} holds a model without tokenizer or training state; it cannot resume", file=sys.stderr)
-            return 2
-        if tokenizer is not None and tokenizer != saved_tokenizer:
-            print(f"error: {args.tokenizer} is not the tokenizer the run in {out} was trained with", file=sys.stderr)
-            return 2
-        if args.preset and preset.model_config(saved_tokenizer.vocab_size).to_dict() != manifest["model_config"]:
-            print(
-                f"error: the run in {out} was not trained with --preset {args.preset} (its model has another shape); "
-                "drop --preset to continue it with its own settings",
-                file=sys.stderr,
-            )
-            return 2
-        tokenizer = saved_tokenizer
-        if args.time_budget:  # seconds more, on top of the time the run has already trained
-            overrides["time_budget"] = manifest["train_state"]["elapsed"] + args.time_budget
-        train_ids, val_ids = _encode_split(tokenizer, text)
-        trainer = resume_trainer(
-            out, train_ids, val_ids, device=device, **{k: v for k, v in overrides.items() if v is not None}
+            distributed.parallelize(trainer, args.parallel)
+            write = lambda t: distributed.save(t, out, args.parallel)  # noqa: E731
+        print(
+            f"preset {name}: {trainer.model.num_params() / 1e6:.2f}M parameters on {trainer.device}, "
+            f"{len(trainer.train_ids):,} training tokens, vocabulary {trainer.tokenizer.vocab_size}"
         )
-        print(f"resuming {out} at step {trainer.step} with the run's own settings")
-    else:
-        tokenizer = CharTokenizer.from_text(text) if tokenizer is None else tokenizer
-        train_ids, val_ids = _encode_split(tokenizer, text)
-        torch.manual_seed(preset.train_config(**overrides).seed)
-        from .model import GPT
-
-        model = GPT(preset.model_config(tokenizer.vocab_size))
-        trainer = Trainer(
-            model, train_ids, val_ids, preset.train_config(**overrides), device=device, tokenizer=tokenizer
-        )
-    write = lambda t: save_trainer(t, out)
-    if args.parallel:
-        from . import distributed
-
-        distributed.parallelize(trainer, args.parallel)
-        write = lambda t: distributed.save(t, out, args.parallel)
-    n_params = trainer.model.num_params()
-    print(
-        f"preset {args.preset or 'cpu'}: {n_params / 1e6:.2f}M parameters on {trainer.device}, "
-        f"{len(train_ids):,} training tokens, vocabulary {tokenizer.vocab_size}"
-    )
-    first_step = trainer.step
-    saved = [trainer.step if args.resume else None]  # step of the checkpoint in `out`
-
-    def save(t: Trainer) -> None:
-        try:
-            write(t)
-        except (OSError, SafetensorError) as err:
-            kept = "nothing was saved yet" if saved[0] is None else f"the checkpoint of step {saved[0]} is intact"
-            raise CheckpointError(f"could not write the checkpoint to {out} ({err}); {kept}") from err
-        saved[0] = t.step
-
-    def kept() -> str:
-        return f"{out} keeps the checkpoint of step {saved[0]}" if saved[0] is not None else "nothing was saved"
-
-    start = time.perf_counter()
-    try:
-        trainer.train(progress_bar=not args.quiet, on_eval=save)
-    except KeyboardInterrupt:
-        print("\ninterrupted: saving (Ctrl-C again stops without saving)", file=sys.stderr)
-        try:
-            save(trainer)
-        except KeyboardInterrupt:
-            print(f"interrupted again: not saved; {kept()}", file=sys.stderr)
-            return 130
-        print(f"interrupted at step {trainer.step}; saved to {out}; continue with --resume", file=sys.stderr)
-        return 130
-    except TrainingDivergedError as err:
-        print(f"error: {err}\nNothing non-finite was saved: {kept()}.", file=sys.stderr)
-        return 2
-    wall = time.perf_counter() - start
-    save(trainer)
+        first_step = trainer.step
+        wall = train_and_save(trainer, out, args.quiet, "training", write, log=_err)
     if args.parallel:
         distributed.print_memory(trainer)
-    val_loss = trainer.evaluate()
     steps = trainer.step - first_step
     tokens = steps * trainer.config.batch_size * trainer.block_size * getattr(trainer.sampler, "world_size", 1)
-    this_run = f" ({steps} in this session)" if args.resume else ""
+    this_run = f" ({steps} in this session)" if manifest else ""
     print(
         f"trained {trainer.step} steps{this_run} in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tokens/s); "
         f"saved to {out}"
     )
-    print(f"val_loss={val_loss:.4f}")
+    print(f"val_loss={trainer.evaluate():.4f}")
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    """`sft`, `reward`, `ppo` or `dpo`: run that stage into --out (`stages.run_stage`) and print its result."""
+    device = _machine(args)
+    text = load_text(getattr(args, "data", None))
+    train = dict(seed=args.seed, kl_coef=getattr(args, "kl_coef", None), beta=getattr(args, "beta", None))
+    if args.command == "sft":
+        inputs = dict(base=args.base, data={"cot": not args.bare, "n_train": args.conversations or SFT_DATA["n_train"]})
+    else:
+        inputs = {name: getattr(args, name) for name in ("sft", "reward", "pairs") if hasattr(args, name)}
+    trainer, wall = run_stage(
+        args.command,
+        args.out,
+        text,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        max_steps=args.max_steps,
+        time_budget=args.time_budget,
+        train={k: v for k, v in train.items() if v is not None},
+        quiet=args.quiet,
+        device=device,
+        **inputs,
+    )
+    last = trainer.evals[-1]
+    print(f"{args.command}: {trainer.step} steps in {wall:.1f} s; saved to {args.out}")
+    if args.command == "sft":
+        print(f"val_loss={trainer.evaluate():.4f} (assistant tokens of held-out conversations)")
+        if args.eval:
+            data = ChatData(text, max_tokens=trainer.block_size + 1)
+            examples = data.heldout_examples(args.eval, cot=trainer.meta["data"]["cot"])
+            table, _ = evaluate_chat(trainer.model, trainer.tokenizer, examples)
+            print(format_table({"fine-tuned": table}))
+    elif args.command == "reward":
+        print(f"held-out pairwise accuracy={last['val_accuracy']:.4f}")
+    elif args.command == "ppo":
+        print(f"held-out reward={last['reward']:.3f} true score={last['score']:.3f} KL={last['kl']:.2f}")
+    else:
+        print(f"held-out pair accuracy={last['val_accuracy']:.3f} true score={last['score']:.3f} KL={last['kl']:.2f}")
+    return 0
+
+
+def _chatbot(args: argparse.Namespace) -> int:
+    _machine(args)
+    build_chatbot(args.out, load_text(None), args.setting, args.quiet, time_budget=args.time_budget)
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = pick_device(args.device)
+    device = _machine(args)
     model, tokenizer, _ = load_checkpoint(args.ckpt, device=device)
     if tokenizer is None:
         print(f"error: {args.ckpt} has no tokenizer, so text cannot be encoded", file=sys.stderr)
@@ -401,20 +399,11 @@ def _is_tokenizer_file(path: Path) -> bool:
 
 def _tokenizer_train(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if out.is_dir():
-        print(f"error: --out {out} is a folder; give a file name, such as {out / 'tokenizer.json'}", file=sys.stderr)
-        return 2
-    if (out.exists() or out.is_symlink()) and not args.overwrite and not _is_tokenizer_file(out):
-        print(
-            f"error: {out} exists and is not a tokenizer file; add --overwrite to replace it, or choose another --out",
-            file=sys.stderr,
-        )
-        return 2
+    _writable_tokenizer_file(out, args.overwrite)
     text = load_text(args.data)
     start = time.perf_counter()
     tokenizer = BPETokenizer.train(text, args.vocab_size, args.pattern, args.special, progress_bar=not args.quiet)
     seconds = time.perf_counter() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
     n_tokens = len(tokenizer.encode_ordinary(text))
     print(f"learned {len(tokenizer.merges)} merges in {seconds:.1f} s; vocabulary of {tokenizer.vocab_size}")
@@ -442,73 +431,28 @@ def _import_gpt2(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_tokenizer_file(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a folder, or a file other than a tokenizer without --overwrite; check it is writable."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, such as {out / 'tokenizer.json'}")
+    if (out.exists() or out.is_symlink()) and not overwrite and not _is_tokenizer_file(out):
+        raise ValueError(f"{out} exists and is not a tokenizer file; add --overwrite to replace it, or another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probe = out.with_name(f".{out.name}.probe")
+    probe.touch()  # writable, before any long work
+    probe.unlink()
+
+
 def _tokenizer_chat(args: argparse.Namespace) -> int:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    _writable_tokenizer_file(args.out, args.overwrite)
     chat_tokenizer().save(args.out)
     print(f"saved the chat tokenizer ({chat_tokenizer().vocab_size} tokens: 256 bytes + {', '.join(SPECIAL_TOKENS)})")
     print(f"pretrain a base model with it: python -m minigpt_lib train --tokenizer {args.out} --out runs/chat-base")
     return 0
 
 
-def _sft(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = None if args.device == "auto" else args.device
-    text = load_text(args.data)
-    problem = _out_problem(args.out, args.resume, args.overwrite)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    created = not args.out.exists()
-    args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        with folder_lock(args.out):
-            return _sft_run(args, text, device)
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                args.out.rmdir()  # only if nothing was saved: a folder with files is never removed
-
-
-def _sft_run(args: argparse.Namespace, text: str, device: str | None) -> int:
-    max_steps = args.max_steps or (10**9 if args.time_budget else None)
-    overrides = dict(max_steps=max_steps, time_budget=args.time_budget, seed=args.seed)
-    if args.resume:
-        trainer = resume_finetune(args.out, text, device=device, **{k: v for k, v in overrides.items() if v})
-        print(f"resuming {args.out} at step {trainer.step}")
-    else:
-        if args.base is None:
-            print("error: give --base, the pretrained checkpoint to fine-tune", file=sys.stderr)
-            return 2
-        model, tokenizer, _ = load_checkpoint(args.base)
-        settings = {"cot": not args.bare, "n_train": args.conversations or SFT_DATA["n_train"]}
-        trainer = finetune_trainer(model, tokenizer, text, sft_config(**overrides), settings, device=device)
-        trainer.meta["base"] = str(args.base)
-    print(
-        f"fine-tuning {trainer.model.num_params() / 1e6:.2f}M parameters on {trainer.device}: "
-        f"{len(trainer.sampler)} windows of packed conversations"
-    )
-    start = time.perf_counter()
-    try:
-        trainer.train(progress_bar=not args.quiet, on_eval=lambda t: save_trainer(t, args.out), desc="fine-tuning")
-    except KeyboardInterrupt:
-        save_trainer(trainer, args.out)
-        print(f"\ninterrupted at step {trainer.step}; saved to {args.out}; continue with --resume", file=sys.stderr)
-        return 130
-    save_trainer(trainer, args.out)
-    print(f"fine-tuned {trainer.step} steps in {time.perf_counter() - start:.1f} s; saved to {args.out}")
-    print(f"val_loss={trainer.evaluate():.4f} (assistant tokens of held-out conversations)")
-    if args.eval:
-        data = ChatData(text, max_tokens=trainer.block_size + 1)
-        examples = data.heldout_examples(args.eval, cot=trainer.meta["data"]["cot"])
-        table, _ = evaluate_chat(trainer.model, trainer.tokenizer, examples)
-        print(format_table({"fine-tuned": table}))
-    return 0
-
-
 def _chat(args: argparse.Namespace) -> int:
-    device = "cpu" if args.device == "auto" and not torch.cuda.is_available() else args.device
-    model, tokenizer, manifest = load_checkpoint(args.ckpt, device="cuda" if device == "auto" else device)
+    model, tokenizer, manifest = load_checkpoint(args.ckpt, device=_machine(args))
     check_sampling(args.temperature, args.top_k, args.top_p)
     check_tokenizer(tokenizer)
     if not is_chat_checkpoint(manifest):
@@ -569,31 +513,35 @@ def _chat(args: argparse.Namespace) -> int:
             print(f"(the oldest {session.dropped} messages no longer fit in the context)", file=sys.stderr)
 
 
+COMMANDS = {
+    "train": lambda args: _train_parallel(args) if args.parallel else _train(args),
+    "sft": _stage,
+    "reward": _stage,
+    "ppo": _stage,
+    "dpo": _stage,
+    "chatbot": _chatbot,
+    "sample": _sample,
+    "chat": _chat,
+    "tokenizer": lambda args: _tokenizer_train(args) if args.tokenizer_command == "train" else _tokenizer_chat(args),
+    "import-gpt2": _import_gpt2,
+    "export-web": web.run,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return _train_parallel(args) if args.parallel else _train(args)
-        if args.command == "tokenizer":
-            return _tokenizer_train(args) if args.tokenizer_command == "train" else _tokenizer_chat(args)
-        if args.command == "import-gpt2":
-            return _import_gpt2(args)
-        if args.command == "sft":
-            return _sft(args)
-        if args.command == "chat":
-            return _chat(args)
-        if args.command == "export-web":
-            return web.run(args)
-        if args.command in ("reward", "ppo", "dpo", "chatbot"):
-            return run_subcommand(args, load_text(None))
-        return _sample(args)
+        return COMMANDS[args.command](args)
     except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file or folder that cannot be read or written
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -14,9 +14,14 @@ demonstrations were written for. Chapter 8's held-out phrasings (`NEW_PHRASINGS`
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -35,7 +40,7 @@ from .taskcontent import (
     UNSAFE_ACTS,
     invented_name,
 )
-from .tasks import TRAIN_WEIGHTS, ChatData, Example, task_of
+from .tasks import FAMILIES, TRAIN_WEIGHTS, ChatData, Example, task_of
 
 RL_PHRASINGS = (
     "Could you help me {act}?",
@@ -239,6 +244,102 @@ def distinct_pairs(pairs: Sequence[Pair]) -> list[Pair]:
             seen.add(key)
             out.append(p)
     return out
+
+
+PREFERENCES = dict(
+    n_prompts=2000,
+    n_speakers=400,  # "two lines as X" prompts with training speakers, and as many with invented ones
+    k=4,
+    n_heldout=40,
+    max_new_tokens=96,
+    temperature=1.0,
+    min_gap=0.1,
+    per_prompt=6,
+    rl_requests=0.5,
+)
+
+
+@dataclass
+class Preferences:
+    """Preference pairs from rankings of sampled answers: for training, and from held-out prompts (each distinct
+    pair once, so that accuracy counts every preference once)."""
+
+    train: list[Pair]
+    held_out: list[Pair]
+    settings: dict[str, Any]
+
+    def digest(self) -> str:
+        """A short hash of the pairs, to check that regenerated pairs are the same."""
+        data = json.dumps([[p.prompt, p.chosen, p.rejected] for p in self.train + self.held_out])
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+    def save(self, path: str | Path) -> None:
+        """Write the pairs as JSON (atomically)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        rows = {
+            k: [[p.prompt, p.chosen, p.rejected] for p in v]
+            for k, v in (("train", self.train), ("held_out", self.held_out))
+        }
+        tmp.write_text(json.dumps({"settings": self.settings, **rows}), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path, vocab_size: int | None = None) -> Preferences:
+        """Read pairs written by `save`; anything else is a ValueError that names the file and the problem."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a pairs file written by `reward` or `dpo` (not JSON: {err})") from None
+        problem = _pairs_problem(data, vocab_size)
+        if problem:
+            raise ValueError(f"{path} is not a pairs file written by `reward` or `dpo`: {problem}")
+        pairs = {k: [Pair(*row) for row in data[k]] for k in ("train", "held_out")}
+        return cls(pairs["train"], pairs["held_out"], data["settings"])
+
+
+def _pairs_problem(data: Any, vocab_size: int | None) -> str | None:
+    """What is wrong with the contents of a pairs file (None if nothing)."""
+    if not isinstance(data, dict) or set(data) != {"settings", "train", "held_out"}:
+        return "it must be an object with the keys settings, train and held_out"
+    if not isinstance(data["settings"], dict):
+        return "settings must be an object"
+    for key in ("train", "held_out"):
+        rows = data[key]
+        if not isinstance(rows, list) or not rows:
+            return f"{key} must be a non-empty list of [prompt, chosen, rejected] rows"
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 3 and all(isinstance(part, list) and part for part in row)):
+                return f"each row of {key} must be three non-empty lists of token ids"
+            for part in row:
+                if not all(type(i) is int and 0 <= i < (vocab_size or 2**31) for i in part):
+                    return f"a row of {key} holds something that is not a token id of this model"
+    return None
+
+
+def collect_preferences(
+    model: nn.Module, tokenizer: Any, data: ChatData, settings: dict[str, Any] | None = None, progress_bar: bool = True
+) -> tuple[Preferences, list, list]:
+    """Sample and rank answers of `model` on training and held-out prompts; returns the pairs and both rankings."""
+    s = {**PREFERENCES, **(settings or {})}
+    train_examples = preference_examples(data, s["n_prompts"], seed=11, rl_requests=s["rl_requests"])
+    held_examples = data.heldout_examples(s["n_heldout"], seed=12, families=FAMILIES)
+    options = dict(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], progress_bar=progress_bar)
+    taught, invented = speaker_examples(data, s["n_speakers"], seed=5)
+    train_rankings = sample_rankings(model, tokenizer, train_examples, s["k"], seed=13, **options)
+    taught_rankings = sample_rankings(model, tokenizer, taught, s["k"], seed=51, **options)
+    invented_rankings = sample_rankings(model, tokenizer, invented, s["k"], seed=52, **options)
+    held_rankings = sample_rankings(model, tokenizer, held_examples, s["k"], seed=14, **options)
+    gap, most = s["min_gap"], s["per_prompt"]
+    prefs = Preferences(
+        ranking_pairs(train_rankings, gap, most, seed=15)
+        + ranking_pairs(taught_rankings, gap, most, seed=53)
+        + ranking_pairs(invented_rankings, gap, most, seed=54),
+        distinct_pairs(ranking_pairs(held_rankings, gap, most, seed=16)),
+        s,
+    )
+    return prefs, train_rankings + taught_rankings + invented_rankings, held_rankings
 
 
 def true_scorer(examples: Sequence[Example], tokenizer: object) -> Callable[[int, list[int]], float]:

@@ -18,9 +18,9 @@ class Preset:
     train: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
 
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        """The GPTConfig for a tokenizer of `vocab_size` tokens."""
-        return GPTConfig(vocab_size=vocab_size, **self.model)
+    def model_config(self, vocab_size: int, **changes: Any) -> GPTConfig:
+        """The GPTConfig for a tokenizer of `vocab_size` tokens (with `changes` to the preset's shape)."""
+        return GPTConfig(vocab_size=vocab_size, **{**self.model, **changes})
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The TrainConfig, with any non-None `overrides` applied."""

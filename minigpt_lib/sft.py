@@ -13,7 +13,7 @@ from .chat import END, chat_tokenizer, check_tokenizer, render
 from .checkpoint import CheckpointError, finished_run, read_manifest, resume_trainer
 from .model import GPT, GPTConfig
 from .tasks import TRAIN_WEIGHTS, ChatData, Example
-from .tokenizers import BPETokenizer
+from .tokenizers import BPETokenizer, tokenizer_from_dict
 from .train import IGNORE_INDEX, TrainConfig, Trainer
 
 SFT_TRAIN = dict(  # chapter 5's cpu recipe with half its AdamW learning rate (the embeddings move less)
@@ -29,6 +29,7 @@ SFT_TRAIN = dict(  # chapter 5's cpu recipe with half its AdamW learning rate (t
     eval_batches=8,
 )
 SFT_DATA = dict(n_train=30000, n_val=1000, seed=0, cot=True)
+MAX_CONVERSATIONS = 10**7  # a larger number in a checkpoint is damage or a typo, refused before generating
 
 
 def sft_config(**overrides: Any) -> TrainConfig:
@@ -175,18 +176,32 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _data_settings(manifest: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The conversation settings a fine-tuning run was made with, checked before anything is generated."""
+    settings = (manifest.get("meta") or {}).get("data")
+    ok = isinstance(settings, dict) and set(settings) == set(SFT_DATA)
+    ok = ok and all(type(settings[k]) is int and 0 < settings[k] <= MAX_CONVERSATIONS for k in ("n_train", "n_val"))
+    if not (ok and type(settings["seed"]) is int and type(settings["cot"]) is bool):
+        raise CheckpointError(
+            f"{path} has damaged conversation settings {settings!r}: expected {sorted(SFT_DATA)}, "
+            f"with at most {MAX_CONVERSATIONS:,} conversations"
+        )
+    return settings
+
+
 def resume_finetune(path: str | Path, text: str, device: str | torch.device | None = None, **overrides: Any) -> Trainer:
-    """Rebuild a fine-tuning Trainer from its checkpoint (the same conversations are generated again)."""
+    """Rebuild a fine-tuning Trainer from its checkpoint: the same conversations, made with its own tokenizer."""
     manifest = read_manifest(path)
     if manifest.get("meta", {}).get("stage") != "sft":
         raise CheckpointError(f"{path} is not a fine-tuning run; start one with `python -m minigpt_lib sft`")
-    settings = manifest["meta"]["data"]
+    settings = _data_settings(manifest, path)
     if manifest["meta"].get("corpus_sha256") != _digest(text):
         raise CheckpointError(f"{path} was fine-tuned on conversations made from another text; resume with that text")
     config = TrainConfig.from_dict({**manifest["train_config"], **overrides})
     block_size = manifest["model_config"]["block_size"]
     data = ChatData(text, max_tokens=block_size + 1)
-    tokenizer = chat_tokenizer()
+    tokenizer = tokenizer_from_dict(manifest["tokenizer"])
+    check_tokenizer(tokenizer)
     train, val = sft_batches(data, tokenizer, block_size, config.batch_size, **settings, stream_seed=config.seed)
     return resume_trainer(path, train, val, device=device, **overrides)
 

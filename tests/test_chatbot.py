@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from minigpt_lib import load_checkpoint, load_shakespeare
-from minigpt_lib.chatbot import Preferences, build_chatbot, finished_stage
+from minigpt_lib.chatbot import build_chatbot
 from minigpt_lib.cli import main
+from minigpt_lib.preferences import Preferences
 from minigpt_lib.reward import RewardModel
+from minigpt_lib.stages import finished
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def chatbot(tmp_path_factory):
 def test_the_fast_pipeline_builds_every_stage_and_prints_the_held_out_table(chatbot):
     out, lines, tables = chatbot
     for stage in ("base", "sft", "reward", "ppo"):
-        assert finished_stage(out / stage), stage
+        assert finished(out / stage), stage
     progress = [line for line in lines if re.match(r"\[\d/4\]", line)]
     assert [line[:5] for line in progress] == ["[1/4]"] * 2 + ["[2/4]"] * 2 + ["[3/4]"] * 2 + ["[4/4]"] * 2
     assert "held-out prompts" in lines[-3] and "SFT" in lines[-3] and "PPO" in lines[-3]
@@ -99,9 +101,13 @@ def test_a_missing_reward_model_is_a_clear_error(chatbot, tmp_path, capsys):
     assert "give --reward" in capsys.readouterr().err
 
 
-def test_pairs_file_round_trips(chatbot):
+def test_a_pairs_file_saved_and_loaded_gives_the_same_pairs(chatbot, tmp_path):
     out, _, _ = chatbot
     prefs = Preferences.load(out / "pairs.json")
     assert prefs.train and prefs.held_out
-    again = Preferences(prefs.train, prefs.held_out, prefs.settings)
+    prefs.save(tmp_path / "copy.json")
+    again = Preferences.load(tmp_path / "copy.json")
+    assert again.train == prefs.train and again.held_out == prefs.held_out and again.settings == prefs.settings
     assert again.digest() == prefs.digest()
+    prefs.train[0].chosen = prefs.train[0].chosen + [1]
+    assert Preferences(prefs.train, prefs.held_out, prefs.settings).digest() != again.digest()
