@@ -220,12 +220,14 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _remove_leftovers(path: Path, keep: set[str], manifest_readable: bool) -> None:
-    """Delete what interrupted saves left: temporary files, and versioned files no manifest names."""
+def _remove_leftovers(path: Path, keep: set[str]) -> None:
+    """Delete what interrupted saves of the run in `path` left: its temporary and versioned files no manifest names.
+
+    Called only when the folder holds a readable manifest: in a folder without one, nothing is the run's
+    to remove (a file named like a checkpoint's may be the user's), so nothing is deleted.
+    """
     for entry in path.iterdir():
-        if TEMPORARY.fullmatch(entry.name) or (
-            manifest_readable and VERSIONED.fullmatch(entry.name) and entry.name not in keep
-        ):
+        if TEMPORARY.fullmatch(entry.name) or (VERSIONED.fullmatch(entry.name) and entry.name not in keep):
             _remove(entry)
 
 
@@ -255,8 +257,8 @@ def save_checkpoint(
     with folder_lock(path):
         old = _current_manifest(path)
         old_files = _named_files(old)
-        manifest_readable = old is not None or not (path / MANIFEST).exists()
-        _remove_leftovers(path, old_files, manifest_readable)
+        if old is not None:
+            _remove_leftovers(path, old_files)
         numbers = [int(n.split("-")[1].split(".")[0]) for n in os.listdir(path) if VERSIONED.fullmatch(n)]
         generation = max([0, *numbers]) + 1
         old_generation = old.get("generation") if old is not None else None

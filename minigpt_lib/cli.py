@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import io
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -451,6 +452,12 @@ def _tokenizer_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+CHAT_HELP = (
+    "Commands, typed or piped: /reset forgets the conversation, /system TEXT sets a new system prompt, /quit leaves, "
+    "/help; a line starting with // is sent as a message starting with /."
+)
+
+
 def _chat(args: argparse.Namespace) -> int:
     model, tokenizer, manifest = load_checkpoint(args.ckpt, device=_machine(args))
     check_sampling(args.temperature, args.top_k, args.top_p)
@@ -466,7 +473,7 @@ def _chat(args: argparse.Namespace) -> int:
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     interactive = sys.stdin.isatty()
     if interactive:
-        print("Chat with the model. Commands: /reset, /system TEXT, /quit (or Ctrl-D). Ctrl-C stops an answer.")
+        print(f"Chat with the model. {CHAT_HELP} Ctrl-D leaves; Ctrl-C stops an answer.")
     turn = 0
     while True:
         try:
@@ -478,18 +485,23 @@ def _chat(args: argparse.Namespace) -> int:
             return 0
         line = line.rstrip("\n")
         command, _, rest = line.strip().partition(" ")
-        if command == "/quit":
+        if line.startswith("//"):  # a message that begins with a slash
+            line = line[1:]
+        elif command == "/quit":
             return 0
-        if command == "/reset":
+        elif command == "/reset":
             session.reset()
             print("(conversation cleared)", file=sys.stderr)
             continue
-        if command == "/system":
+        elif command == "/system":
             session.set_system(rest.strip() or None)
             print(f"(system prompt: {rest.strip() or 'none'}; conversation cleared)", file=sys.stderr)
             continue
-        if command == "/help":
-            print("/reset: forget the conversation; /system TEXT: new system prompt; /quit: leave", file=sys.stderr)
+        elif command == "/help":
+            print(CHAT_HELP, file=sys.stderr)
+            continue
+        elif line.startswith("/"):
+            print(f"unknown command {command}; {CHAT_HELP}", file=sys.stderr)
             continue
         if not line.strip():
             continue
@@ -528,20 +540,31 @@ COMMANDS = {
 }
 
 
+def _say(message: str) -> None:
+    """Print an error once: under torchrun, only rank 0 does (every rank meets the same error)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _build_parser().parse_args(argv)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1" and not (args.command == "train" and args.parallel):
+        what = "add --parallel ddp (or fsdp) to train on all of them" if args.command == "train" else "run it alone"
+        _say(f"error: started by torchrun with {world} processes, but `{args.command}` would run {world} times: {what}")
+        return 2
     try:
         return COMMANDS[args.command](args)
     except (CorpusNotFoundError, CheckpointError, UnknownCharacterError, TrainingDivergedError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}")
         return 2
     except OSError as err:  # a file or folder that cannot be read or written
-        print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}")
         return 2
     except Interrupted as err:
-        print(str(err), file=sys.stderr)
+        _say(str(err))
         return 130
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        _say("\ninterrupted")
         return 130

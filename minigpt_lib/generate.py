@@ -20,7 +20,7 @@ text helpers start from `START_TEXT` (a newline, the way every speech in Tiny Sh
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -93,6 +93,7 @@ def stream_ragged(
     generator: torch.Generator | None = None,
     top_p: float | None = None,
     block_size: int | None = None,
+    pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Generate for prompts of *different* lengths as one batch, with the KV cache and no padding.
 
@@ -103,7 +104,8 @@ def stream_ragged(
     new)`, both (B,): the token now appended to each row, and whether it is a generated one (the row
     is past its prompt and has fewer than `max_new_tokens` tokens). The steps end when every row has
     `max_new_tokens` new tokens; the caller may stop earlier (when every row wrote a stop token, say).
-    `block_size` defaults to the model's `max_context` (learned positions: the window slides).
+    `block_size` defaults to the model's `max_context` (learned positions: the window slides). `pick`, if
+    given, replaces the sampling rules: (B, V) logits -> (B,) next tokens (the book's pages use their own).
     """
     check_sampling(temperature, top_k, top_p)
     _check_length(max_new_tokens)
@@ -125,7 +127,7 @@ def stream_ragged(
         logits = model(idx if reach is None else idx[:, -reach:], kv_cache=cache)[0][:, -1, :]
         end = longest + max_new_tokens  # position after the last token of the longest row
         for position in range(shortest, end):
-            next_ids = sample_next(logits, temperature, top_k, generator, top_p)[:, 0]
+            next_ids = pick(logits) if pick else sample_next(logits, temperature, top_k, generator, top_p)[:, 0]
             if position < longest:
                 next_ids = torch.where(lengths > position, padded[:, position], next_ids)
             yield next_ids, (lengths <= position) & (position - lengths < max_new_tokens)

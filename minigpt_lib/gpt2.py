@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .model import GPT, GPTConfig
@@ -21,9 +22,16 @@ DOWNLOAD_GPT2 = "hf download openai-community/gpt2 config.json model.safetensors
 
 
 def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
-    """Our GPTConfig for a Hugging Face GPT2Config (as read from its config.json)."""
+    """Our GPTConfig for a Hugging Face GPT2Config (as read from its config.json); ValueError for anything else."""
+    if not isinstance(hf, dict):
+        raise ValueError("config.json must hold a JSON object (a GPT2Config)")
+    missing = [k for k in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if type(hf.get(k)) is not int]
+    if missing:
+        raise ValueError(f"config.json has no whole-number {', '.join(missing)}: is this a GPT-2 folder?")
+    if not isinstance(hf.get("layer_norm_epsilon", 1e-5), (int, float)):
+        raise ValueError(f"config.json: layer_norm_epsilon must be a number, got {hf['layer_norm_epsilon']!r}")
     activation = hf.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"GPT-2 activation {activation!r} is not supported; expected one of {', '.join(ACTIVATIONS)}")
     n_embd = hf["n_embd"]
     if hf.get("n_inner") not in (None, 4 * n_embd):
@@ -69,10 +77,17 @@ def load_gpt2(folder: str | Path) -> GPT:
                 f"{folder / name} not found: pass a folder written by GPT2LMHeadModel.save_pretrained, "
                 f"or fetch OpenAI's GPT-2 with `{DOWNLOAD_GPT2}`"
             )
-    config = config_from_hf(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    try:
+        config = config_from_hf(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    except ValueError as err:  # also JSON and UTF-8 errors
+        raise ValueError(f"{folder / 'config.json'}: {err}") from None
+    try:
+        weights = load_file(str(folder / "model.safetensors"))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{folder / 'model.safetensors'} is not a readable safetensors file ({err})") from None
     model = GPT(config)
     try:
-        model.load_state_dict(state_dict_from_hf(load_file(str(folder / "model.safetensors"))))
+        model.load_state_dict(state_dict_from_hf(weights))
     except RuntimeError as err:
         raise ValueError(f"{folder} does not hold the GPT-2 its config.json describes: {err}") from None
     return model.eval()
@@ -103,14 +118,21 @@ def tokenizer_from_hf(folder: str | Path) -> tuple[BPETokenizer, torch.Tensor]:
     pairs = [line.split(" ") for line in lines if line and not line.startswith("#version")]
     spelled = bytes_to_unicode()
     ours = {spelled[b]: b for b in range(256)}  # vocab.json's spelling -> our id
+    if not isinstance(vocab, dict) or not set(ours) <= set(vocab):
+        raise ValueError(f"{folder / 'vocab.json'} does not spell all 256 bytes as GPT-2's vocab.json does")
     merges = []
-    for i, (a, b) in enumerate(pairs):
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or pair[0] not in ours or pair[1] not in ours:
+            raise ValueError(f"{folder / 'merges.txt'}, merge {i + 1}: {' '.join(pair)!r} is not two known tokens")
+        a, b = pair
         merges.append((ours[a], ours[b]))
         ours[a + b] = 256 + i
     specials = [name for name in vocab if name not in ours]
     tokenizer = BPETokenizer(merges, "gpt2", specials)
     order = torch.empty(tokenizer.vocab_size, dtype=torch.long)
     for name, our_id in {**ours, **tokenizer.special_tokens}.items():
+        if type(vocab.get(name)) is not int or not 0 <= vocab[name] < tokenizer.vocab_size:
+            raise ValueError(f"{folder / 'vocab.json'}: the id of {name!r} is missing or out of range")
         order[our_id] = vocab[name]
     return tokenizer, order
 

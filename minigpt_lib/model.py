@@ -19,6 +19,9 @@ POSITIONS = ("learned", "rope")
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
+MAX_PARAMS = 4 * 10**9  # a larger shape in a config file is damage or a typo, refused before allocating
+
+
 @dataclass
 class GPTConfig(Config):
     """Shape of a GPT."""
@@ -52,6 +55,15 @@ class GPTConfig(Config):
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             head_size = self.n_embd // self.n_head
             raise ValueError(f"rotary embeddings need an even head size, got n_embd // n_head = {head_size}")
+        if self.approx_params() > MAX_PARAMS:
+            raise ValueError(
+                f"this shape has about {self.approx_params():.2g} parameters, more than the {MAX_PARAMS:.0e} this "
+                "library builds (GPT-2 XL has 1.5e9); check n_layer, n_embd, vocab_size and block_size"
+            )
+
+    def approx_params(self) -> int:
+        """About how many parameters this shape has (12 n_embd^2 per layer, the embeddings), before building it."""
+        return 12 * self.n_layer * self.n_embd**2 + (self.vocab_size + self.block_size) * self.n_embd
 
 
 class MLP(nn.Module):

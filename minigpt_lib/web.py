@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load as load_tensors
 
 from .checkpoint import load_checkpoint
+from .generate import stream_ragged
 from .model import GPT, GPTConfig
 from .tokenizers import Tokenizer, tokenizer_from_dict
 
@@ -231,15 +232,13 @@ def generate_like_page(
     As the library's `generate`: the prompt is cropped to the model's receptive field and the KV cache
     keeps the attention window; each token is picked by `sample_like_page` with `Mulberry32(seed)`.
     """
-    rng = Mulberry32(seed)
-    cache = model.eval().new_kv_cache()
-    logits = model(torch.tensor([list(ids)[-model.receptive_field :]]), kv_cache=cache)[0][0, -1]
-    tokens, steps = [], []
-    for _ in range(max_new_tokens):
-        row = logits.tolist()
-        steps.append(row)
-        tokens.append(sample_like_page(row, temperature, top_k, top_p, rng.random))
-        logits = model(torch.tensor([[tokens[-1]]]), kv_cache=cache)[0][0, -1]
+    rng, steps = Mulberry32(seed), []
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        steps.append(logits[0].tolist())
+        return torch.tensor([sample_like_page(steps[-1], temperature, top_k, top_p, rng.random)])
+
+    tokens = [int(t) for t, _ in stream_ragged(model, [list(ids)], max_new_tokens, pick=pick)]
     return tokens, steps
 
 

@@ -132,3 +132,21 @@ def test_a_session_keeps_history_resets_and_changes_its_system_prompt(model):
     assert session.messages() == [message("system", "Be kind.")]
     session.set_system(None)
     assert session.messages() == []
+
+
+def test_fitting_a_long_history_measures_only_the_newest_messages():
+    calls = [0]
+
+    class Counting(type(TOKENIZER)):
+        def encode(self, text):
+            calls[0] += 1
+            return super().encode(text)
+
+    tokenizer = Counting([], "gpt4", SPECIAL_TOKENS)
+    history = [message("system", "Be brief.")]
+    for i in range(2000):
+        history += [message("user", f"question {i}"), message("assistant", f"answer {i}")]
+    history.append(message("user", "and now?"))
+    fitted = fit_context(history, tokenizer, max_tokens=64)
+    assert fitted[0]["content"] == "Be brief." and fitted[-1]["content"] == "and now?"
+    assert len(fitted) < 10 and calls[0] < 20  # the work does not grow with the 4,000 older messages

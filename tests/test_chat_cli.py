@@ -101,3 +101,70 @@ def test_sft_fine_tunes_saves_and_prints_the_held_out_table(tmp_path, capsys):
     assert "val_loss=" in out and "two-digit addition" in out
     assert main(["sft", "--out", str(tmp_path / "sft"), "--resume", "--max-steps", "5", "--eval", "0", "--quiet"]) == 0
     assert "resuming" in capsys.readouterr().out
+
+
+def test_a_piped_line_starting_with_two_slashes_is_sent_as_a_message_and_unknown_commands_are_refused(chat_ckpt):
+    lines = "//system is a word\n/bogus\nhello\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "minigpt_lib", "chat", "--ckpt", str(chat_ckpt), "--max-new-tokens", "8"],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["ok", "ok"]  # '//...' was answered; '/bogus' was not sent
+    assert "unknown command /bogus" in result.stderr and "system prompt" not in result.stderr.split("unknown")[0]
+
+
+@pytest.mark.parametrize("args", [["--max-new-tokens", "0"], ["--max-new-tokens", "-1"], ["--threads", "-1"]])
+def test_chat_refuses_non_positive_counts(chat_ckpt, capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main(["chat", "--ckpt", str(chat_ckpt), *args])
+    assert exit_.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda"])
+def test_chat_on_an_unknown_or_missing_device_is_a_one_line_error(chat_ckpt, capsys, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["chat", "--ckpt", str(chat_ckpt), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "device" in err and "Traceback" not in err
+
+
+def test_tokenizer_chat_never_replaces_a_file_that_is_not_a_tokenizer(tmp_path, capsys):
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("four years of work")
+    assert main(["tokenizer", "chat", "--out", str(thesis)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and thesis.read_text() == "four years of work"
+    assert main(["tokenizer", "chat", "--out", str(thesis), "--overwrite"]) == 0
+    assert main(["tokenizer", "chat", "--out", str(thesis)]) == 0  # a tokenizer file is replaced without asking
+
+
+@pytest.mark.parametrize("args", [["--conversations", "0"], ["--eval", "-1"], ["--threads", "-1"]])
+def test_sft_refuses_bad_counts(chat_ckpt, tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sft", "--base", str(chat_ckpt), "--out", str(tmp_path / "sft"), *args])
+    assert exit_.value.code == 2 and "at least" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_fine_tuning_keeps_the_last_checkpoint_and_says_so(tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    import minigpt_lib.checkpoint as checkpoint
+
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16, position="rope")
+    save_checkpoint(tmp_path / "base", GPT(config), TOKENIZER)
+    sft = ["sft", "--out", str(tmp_path / "sft"), "--eval", "0", "--quiet"]
+    assert main([*sft, "--base", str(tmp_path / "base"), "--max-steps", "2", "--conversations", "200"]) == 0
+    capsys.readouterr()
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(checkpoint, "save_model", full_disk)
+    assert main([*sft, "--resume", "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left" in err and "step 2 in" in err and "Traceback" not in err

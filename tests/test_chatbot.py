@@ -6,8 +6,9 @@ import shutil
 import pytest
 import torch
 
-from minigpt_lib import load_checkpoint, load_shakespeare
-from minigpt_lib.chatbot import build_chatbot
+from minigpt_lib import load_checkpoint, load_shakespeare, save_checkpoint
+from minigpt_lib.chatbot import CHATBOT, build_chatbot
+from minigpt_lib.checkpoint import CheckpointError
 from minigpt_lib.cli import main
 from minigpt_lib.preferences import Preferences
 from minigpt_lib.reward import RewardModel
@@ -111,3 +112,104 @@ def test_a_pairs_file_saved_and_loaded_gives_the_same_pairs(chatbot, tmp_path):
     assert again.digest() == prefs.digest()
     prefs.train[0].chosen = prefs.train[0].chosen + [1]
     assert Preferences(prefs.train, prefs.held_out, prefs.settings).digest() != again.digest()
+
+
+def test_the_pipeline_trains_fixed_steps_so_every_machine_builds_the_same_model(chatbot):
+    out, _, _ = chatbot
+    for stage, name in (("base", "pretrain"), ("sft", "sft")):
+        manifest = finished(out / stage)
+        assert manifest["train_state"]["step"] == CHATBOT["fast"][name]["max_steps"]
+        assert manifest["train_config"]["time_budget"] is None
+
+
+def test_a_build_with_other_settings_never_reuses_or_replaces_the_stages_there(chatbot):
+    out, _, _ = chatbot
+    before = weights(out / "base")
+    with pytest.raises(CheckpointError, match="other settings"):
+        build_chatbot(out, load_shakespeare(), "full", quiet=True, log=lambda _: None)
+    assert_same_weights(before, weights(out / "base"))
+
+
+def test_a_preference_stage_on_a_model_never_taught_to_chat_is_refused(chatbot, tmp_path, capsys):
+    out, _, _ = chatbot
+    args = ["ppo", "--sft", str(out / "base"), "--reward", str(out / "reward"), "--out", str(tmp_path / "x"), "--quiet"]
+    assert main(args) == 2
+    assert "never fine-tuned to chat" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_preference_stage_on_a_character_level_checkpoint_is_refused(tmp_path, tiny_model, tokenizer, capsys):
+    save_checkpoint(tmp_path / "char", tiny_model, tokenizer)
+    assert main(["reward", "--sft", str(tmp_path / "char"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "chat special tokens" in err and "Traceback" not in err
+
+
+BAD_PAIRS = {
+    "an object of something else": '{"hello": 1}',
+    "a list": "[1, 2]",
+    "ids out of range": '{"settings": {}, "train": [[[1], [2], [99999]]], "held_out": [[[1], [2], [3]]]}',
+    "rows of two lists": '{"settings": {}, "train": [[[1], [2]]], "held_out": [[[1], [2], [3]]]}',
+    "no held-out pairs": '{"settings": {}, "train": [[[1], [2], [3]]], "held_out": []}',
+    "not JSON": "pairs, please",
+}
+
+
+@pytest.mark.parametrize("case", BAD_PAIRS)
+def test_a_malformed_pairs_file_is_a_one_line_error_before_training(chatbot, tmp_path, capsys, case):
+    out, _, _ = chatbot
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(BAD_PAIRS[case])
+    args = ["dpo", "--sft", str(out / "sft"), "--pairs", str(pairs), "--out", str(tmp_path / "x"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "not a pairs file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_pairs_that_are_a_folder_are_refused_before_sampling(chatbot, tmp_path, capsys):
+    out, _, _ = chatbot
+    args = ["reward", "--sft", str(out / "sft"), "--pairs", str(tmp_path), "--out", str(tmp_path / "x"), "--quiet"]
+    assert main(args) == 2
+    assert "must be a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sft", "reward", "ppo", "dpo"])
+def test_resume_with_overwrite_is_refused_by_every_training_command(tmp_path, capsys, command):
+    assert main([command, "--out", str(tmp_path / "x"), "--resume", "--overwrite", "--quiet"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sft", "--threads", "-1"],
+        ["reward", "--threads", "-1"],
+        ["ppo", "--threads", "-1"],
+        ["dpo", "--threads", "-1"],
+        ["chatbot", "--threads", "-1"],
+        ["dpo", "--beta", "nan"],
+        ["ppo", "--kl-coef", "nan"],
+    ],
+)
+def test_bad_numbers_on_the_command_line_are_refused_by_argparse(tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_crafted_ppo_manifest_is_a_clear_error(chatbot, tmp_path, capsys):
+    import json
+
+    out, _, _ = chatbot
+    copy = tmp_path / "ppo"
+    shutil.copytree(out / "ppo", copy)
+    manifest = json.loads((copy / "checkpoint.json").read_text())
+    manifest["train_config"]["group_size"] = 10**9
+    manifest["meta"]["sft"] = 5
+    (copy / "checkpoint.json").write_text(json.dumps(manifest))
+    assert main(["ppo", "--out", str(copy), "--resume", "--quiet"]) == 2
+    assert "error:" in capsys.readouterr().err
+    manifest["meta"]["sft"] = str(out / "sft")
+    (copy / "checkpoint.json").write_text(json.dumps(manifest))
+    assert main(["ppo", "--out", str(copy), "--resume", "--quiet"]) == 2
+    assert "group_size" in capsys.readouterr().err

@@ -3,7 +3,10 @@ import urllib.error
 import pytest
 import torch
 
-from minigpt_lib import data
+from minigpt_lib import (
+    data,
+    load_text,
+)
 from minigpt_lib.data import BatchSampler, CorpusNotFoundError, get_batch, sequential_windows, train_val_split
 
 
@@ -87,3 +90,9 @@ def test_non_utf8_text_is_a_clear_error(tmp_path):
     path.write_bytes("café".encode("latin-1"))
     with pytest.raises(ValueError, match="not UTF-8"):
         data.load_text(path)
+
+
+def test_a_byte_order_mark_is_not_read_as_text(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfHello")
+    assert load_text(path) == "Hello"

@@ -86,3 +86,43 @@ def test_old_configs_without_activation_still_load():
     data = GPTConfig().to_dict()
     del data["activation"]
     assert GPTConfig.from_dict(data).activation == "gelu"
+
+
+def crafted(hf_dir, tmp_path, change):
+    """A copy of the GPT-2 folder with one file changed by `change(folder)`."""
+    import shutil
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(hf_dir, folder)
+    change(folder)
+    return folder
+
+
+def edit_config(**values):
+    def change(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config.update(values)
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v != "DELETE"}))
+
+    return change
+
+
+CRAFTED = {
+    "a huge n_layer": (edit_config(n_layer=100_000), "parameters"),
+    "n_embd missing": (edit_config(n_embd="DELETE"), "n_embd"),
+    "config a list": (lambda f: (f / "config.json").write_text("[1, 2]"), "JSON object"),
+    "null epsilon": (edit_config(layer_norm_epsilon=None), "layer_norm_epsilon"),
+    "garbage weights": (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), "safetensors"),
+    "a bad merges line": (lambda f: (f / "merges.txt").write_text("#version: 0.2\nt h extra\n"), "merges.txt"),
+    "vocab without byte tokens": (lambda f: (f / "vocab.json").write_text('{"a": 0}'), "256 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_a_crafted_gpt2_folder_is_a_one_line_error_before_allocating(hf_dir, tmp_path, capsys, case):
+    change, says = CRAFTED[case]
+    folder = crafted(hf_dir, tmp_path, change)
+    assert main(["import-gpt2", "--from", str(folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

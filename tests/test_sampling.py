@@ -5,6 +5,12 @@ import math
 import pytest
 import torch
 
+from minigpt_lib import (
+    GPT,
+    GPTConfig,
+    save_checkpoint,
+)
+from minigpt_lib.cli import main
 from minigpt_lib.generate import complete, stream_text
 from minigpt_lib.sampling import (
     START_TEXT,
@@ -169,13 +175,11 @@ def test_stream_text_yields_the_continuation_piece_by_piece(tiny_model, tokenize
 
 @pytest.fixture
 def checkpoint(tmp_path, tiny_model, tokenizer):
-    from minigpt_lib import save_checkpoint
 
     return str(save_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer))
 
 
 def run_sample(capsys, *args: str) -> str:
-    from minigpt_lib.cli import main
 
     assert main(["sample", *args]) == 0
     return capsys.readouterr().out
@@ -205,7 +209,6 @@ def test_cli_seed_makes_samples_reproducible_and_different_seeds_differ(checkpoi
     ],
 )
 def test_cli_bad_sampling_settings_are_clear_errors(checkpoint, capsys, option, message):
-    from minigpt_lib.cli import main
 
     assert main(["sample", "--ckpt", checkpoint, "--stream", *option]) == 2
     captured = capsys.readouterr()
@@ -213,7 +216,6 @@ def test_cli_bad_sampling_settings_are_clear_errors(checkpoint, capsys, option, 
 
 
 def test_stream_text_holds_back_a_character_cut_between_byte_level_tokens():
-    from minigpt_lib import GPT, GPTConfig
     from minigpt_lib.tokenizers import BPETokenizer
 
     tokenizer = BPETokenizer([])  # bytes only: every accented letter takes two tokens
@@ -224,3 +226,9 @@ def test_stream_text_holds_back_a_character_cut_between_byte_level_tokens():
     ids = model.generate(torch.tensor([tokenizer.encode("é")]), 40, **options)[0, 2:].tolist()
     assert "".join(pieces) == tokenizer.decode(ids)
     assert not any(piece.endswith("\ufffd") for piece in pieces[:-1])
+
+
+def test_a_temperature_below_1e_38_picks_the_most_likely_token():
+    logits = torch.tensor([[1.0, 3.0, -2.0, 2.5]])
+    for temperature in (1e-39, 1e-45, 5e-324):
+        assert sample_next(logits, temperature, generator=torch.Generator().manual_seed(0)).item() == 1

@@ -99,3 +99,37 @@ def test_fine_tuning_a_model_without_the_chat_tokens_is_a_clear_error(text):
 
     with pytest.raises(ValueError, match="chat_tokenizer"):
         finetune_trainer(tiny_chat_model(), BPETokenizer([]), text, sft_config(max_steps=1))
+
+
+def test_resuming_rebuilds_the_conversations_with_the_checkpoints_own_tokenizer(tmp_path, text):
+    from minigpt_lib.chat import SPECIAL_TOKENS
+    from minigpt_lib.tokenizers import BPETokenizer
+
+    own = BPETokenizer([], "gpt4", ["<|extra|>", *SPECIAL_TOKENS])  # the chat tokens at other ids
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=own.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16, position="rope")
+    base = GPT(config)
+    straight = finetune_trainer(base, own, text, sft_config(max_steps=4, batch_size=4, eval_interval=2), SMALL_DATA)
+    split = finetune_trainer(GPT(config), own, text, sft_config(max_steps=4, batch_size=4, eval_interval=2), SMALL_DATA)
+    split.model.load_state_dict(straight.model.state_dict())
+    straight.train(progress_bar=False)
+    split.train(steps=2, progress_bar=False)
+    save_trainer(split, tmp_path / "sft")
+    resumed = resume_finetune(tmp_path / "sft", text, device="cpu")
+    resumed.train(progress_bar=False)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_a_crafted_number_of_conversations_is_refused_before_generating(tmp_path, text):
+    import json
+
+    from minigpt_lib.checkpoint import CheckpointError
+
+    trainer = finetune_trainer(tiny_chat_model(), TOKENIZER, text, sft_config(max_steps=2, batch_size=4), SMALL_DATA)
+    folder = save_trainer(trainer, tmp_path / "sft")
+    manifest = json.loads((folder / "checkpoint.json").read_text())
+    manifest["meta"]["data"]["n_train"] = 10**12
+    (folder / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="conversation settings"):
+        resume_finetune(folder, text)

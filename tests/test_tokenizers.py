@@ -1,8 +1,14 @@
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minigpt_lib import CharTokenizer, UnknownCharacterError
+from minigpt_lib import (
+    BPETokenizer,
+    CharTokenizer,
+    UnknownCharacterError,
+)
+from minigpt_lib.tokenizers import tokenizer_from_dict
 
 VOCAB = "abcdefghijklmnopqrstuvwxyzABC ,.!?\n'é"
 
@@ -49,3 +55,29 @@ def test_save_and_load_give_the_same_tokenizer(tmp_path):
 def test_empty_text_cannot_build_a_vocabulary():
     with pytest.raises(ValueError, match="empty"):
         CharTokenizer.from_text("")
+
+
+def test_a_tokenizer_whose_merges_double_in_length_is_refused():
+    merges = [[97, 97]] + [[256 + i, 256 + i] for i in range(27)]  # the last token would be 256 MB
+    with pytest.raises(ValueError, match="damaged or crafted"):
+        tokenizer_from_dict({"kind": "bpe", "pattern": "gpt4", "merges": merges})
+
+
+def test_a_catastrophically_backtracking_split_pattern_is_an_error_not_a_hang():
+    tokenizer = BPETokenizer([], pattern=r"(\w+\s?)+$")
+    with pytest.raises(ValueError, match="backtracks"):
+        tokenizer.encode("ab " * 3000 + "!")
+
+
+def test_a_split_pattern_that_skips_characters_still_round_trips():
+    text = "Hello, World 42! hello world " * 20
+    tokenizer = BPETokenizer.train(text, 262, pattern="[a-z]+")
+    assert tokenizer.decode(tokenizer.encode("Hello, World 42!")) == "Hello, World 42!"
+    assert tokenizer.decode(tokenizer.encode_ordinary_reference("Hello, World 42!")) == "Hello, World 42!"
+    with pytest.raises(ValueError, match="empty"):
+        BPETokenizer.train(text, 262, pattern="")
+
+
+def test_special_tokens_given_as_a_string_are_refused():
+    with pytest.raises(ValueError, match="special_tokens"):
+        tokenizer_from_dict({"kind": "bpe", "pattern": "gpt4", "merges": [], "special_tokens": "abc"})

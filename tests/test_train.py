@@ -3,7 +3,11 @@ import math
 import pytest
 import torch
 
-from minigpt_lib import GPT, TrainConfig, Trainer, TrainingDivergedError
+from minigpt_lib import (
+    TrainConfig,
+    Trainer,
+    TrainingDivergedError,
+)
 from minigpt_lib.train import evaluate, lr_at
 
 
@@ -82,9 +86,9 @@ def test_a_model_without_block_size_needs_one(ids):
         Trainer(torch.nn.Linear(2, 2), ids, ids, small_config(), device="cpu")
 
 
-def test_gpt_trainer_picks_the_models_block_size(tiny_model, ids):
+def test_the_trainer_uses_the_models_block_size_unless_given_one(tiny_model, ids):
     assert Trainer(tiny_model, ids, ids, small_config(), device="cpu").block_size == tiny_model.block_size
-    assert isinstance(tiny_model, GPT)
+    assert Trainer(tiny_model, ids, ids, small_config(), block_size=3, device="cpu").block_size == 3
 
 
 @pytest.mark.parametrize("max_steps", [10**9, 5])  # the clock ends the run, or the step limit does
@@ -111,3 +115,9 @@ def test_with_a_time_budget_the_progress_bar_counts_seconds_and_ends_full(tiny_m
     trainer.train()
     assert bars[0].total == 0.3
     assert bars[0].n == pytest.approx(0.3)
+
+
+def test_zero_eval_interval_or_eval_batches_is_refused():
+    for field in ("eval_interval", "eval_batches"):
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(**{field: 0})
