@@ -19,11 +19,12 @@ from .chat import chat_tokenizer
 from .checkpoint import CheckpointError, folder_lock, load_checkpoint, read_manifest
 from .evaluation import change_report, evaluate_chat, format_table, row_hits
 from .evaluation import score as table_of
+from .manifest import finished, matches
 from .model import GPT
 from .preferences import PREFERENCES
 from .presets import get_preset
 from .sft import SFT_DATA, SFT_TRAIN
-from .stages import finished, matches, run_stage
+from .stages import run_stage
 from .tasks import ChatData
 from .train import TrainConfig
 

@@ -14,9 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,112 +23,35 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file, save_model
 
+from .folders import (
+    LOCK_FILE,
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    MODEL_FILE,
+    TEMPORARY,
+    TRAINING_FILE,
+    VERSIONED,
+    CheckpointError,
+    FolderInUseError,
+    folder_lock,
+    is_checkpoint_file,
+    other_files,
+)
+from .manifest import FORMAT, VERSION, finished, finished_run, matches, validate
 from .model import GPT, GPTConfig, param_count_formula
 from .tokenizers import CharTokenizer, tokenizer_from_dict
 from .train import TrainConfig, Trainer
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; saves are still atomic
-    fcntl = None  # type: ignore[assignment]
-
-FORMAT = "minigpt-checkpoint"
-VERSION = 2  # version 1 (fixed file names, written by swapping whole folders) is still read
-READABLE_VERSIONS = (1, 2)
-MANIFEST = "checkpoint.json"
-MODEL_FILE = "model.safetensors"  # the file names of version 1
-TRAINING_FILE = "training.safetensors"
-LOCK_FILE = ".checkpoint.lock"
-VERSIONED = re.compile(r"(model|training)-[0-9]+\.safetensors")
-TEMPORARY = re.compile(r"((model|training)-[0-9]+\.safetensors|checkpoint\.json)\.tmp")
-MAX_PARAMS = 2**31  # 8 GB of float32 weights: far above any model of the course
-MAX_LAYERS = 1000
-MAX_MANIFEST_BYTES = 256 * 2**20
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, corrupted, of an unknown format, or cannot be written."""
-
-
-class FolderInUseError(CheckpointError):
-    """Another process holds the lock on a checkpoint folder."""
-
-
-def is_checkpoint_file(name: str) -> bool:
-    """Whether a file name in a checkpoint folder belongs to the checkpoint (the only names a save touches)."""
-    return (
-        name in (MANIFEST, LOCK_FILE, MODEL_FILE, TRAINING_FILE)
-        or VERSIONED.fullmatch(name) is not None
-        or TEMPORARY.fullmatch(name) is not None
-    )
-
-
-def other_files(path: str | Path) -> list[str]:
-    """Names of the entries of folder `path` that are not the checkpoint's own files, sorted."""
-    return sorted(entry.name for entry in Path(path).iterdir() if not is_checkpoint_file(entry.name))
-
-
-# --- the lock ---------------------------------------------------------------------------------
-
-_held: dict[str, list[int]] = {}  # real path of a folder -> [lock file descriptor, nesting depth]
-
-
-def _acquire(folder: Path) -> int:
-    lock = folder / LOCK_FILE
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as err:
-            raise CheckpointError(
-                f"cannot write to {folder} ({err.strerror}); choose a folder you can write to"
-            ) from None
-        if fcntl is None:
-            return fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            who = f"process {holder}" if holder.isdigit() else "another process"
-            raise FolderInUseError(
-                f"{folder} is in use by {who}, which is writing a checkpoint there (lock file {lock}); "
-                "wait for it to finish or stop it, or choose another folder"
-            ) from None
-        except OSError:  # a file system without locks: go on unlocked
-            return fd
-        try:
-            current = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:  # not a lock file that its last holder deleted while we waited for it
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def folder_lock(path: str | Path) -> Iterator[None]:
-    """Hold the lock of checkpoint folder `path` (which must exist); re-entrant within a process.
-
-    Another process holding it is a FolderInUseError that names its PID; a folder that cannot be
-    written to is a CheckpointError. The lock file is removed on release.
-    """
-    key = os.path.realpath(path)
-    if key in _held:
-        _held[key][1] += 1
-    else:
-        _held[key] = [_acquire(Path(path)), 1]
-    try:
-        yield
-    finally:
-        _held[key][1] -= 1
-        if _held[key][1] == 0:
-            fd = _held.pop(key)[0]
-            with contextlib.suppress(OSError):
-                os.unlink(Path(path) / LOCK_FILE)
-            os.close(fd)
-
+__all__ = [  # the folder rules and the manifest's checks are used through this module too
+    "LOCK_FILE",
+    "CheckpointError",
+    "FolderInUseError",
+    "finished",
+    "finished_run",
+    "is_checkpoint_file",
+    "matches",
+    "other_files",
+]
 
 # --- writing ----------------------------------------------------------------------------------
 
@@ -351,87 +272,6 @@ def _read_regular(file: Path, limit: int) -> bytes:
     return data
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _validate(manifest: Any, manifest_path: Path) -> dict[str, str]:
-    """Check every field of a parsed manifest; returns the files it names (role -> file name)."""
-
-    def fail(problem: str) -> CheckpointError:
-        return CheckpointError(
-            f"{manifest_path} is damaged: {problem}. Retrain, or restore a copy of the checkpoint folder"
-        )
-
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{manifest_path} is not a {FORMAT} manifest")
-    version = manifest.get("version")
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
-        raise CheckpointError(
-            f"checkpoint version {version!r} is not supported (this library reads {READABLE_VERSIONS}); "
-            "update minigpt_lib or retrain"
-        )
-    if not isinstance(manifest.get("model_config"), dict):
-        raise fail("model_config is missing or not an object")
-    if not isinstance(manifest.get("model_class", ""), str) or not isinstance(manifest.get("meta", {}), dict):
-        raise fail("model_class must be a string and meta an object")
-    try:
-        config = GPTConfig.from_dict(manifest["model_config"])
-    except (ValueError, TypeError) as err:
-        raise fail(f"model_config is invalid ({err})") from None
-    if config.n_layer > MAX_LAYERS:
-        raise fail(f"model_config has n_layer={config.n_layer}, more than the {MAX_LAYERS} this library loads")
-    n_params = param_count_formula(config)
-    if n_params > MAX_PARAMS:
-        raise fail(f"model_config describes {n_params:,} parameters, more than the {MAX_PARAMS:,} this library loads")
-    tokenizer = manifest.get("tokenizer")
-    if tokenizer is not None:
-        if not isinstance(tokenizer, dict):
-            raise fail("tokenizer is not an object")
-        try:
-            vocab_size = tokenizer_from_dict(tokenizer).vocab_size
-        except (ValueError, TypeError) as err:
-            raise fail(f"its tokenizer is invalid ({err})") from None
-        if vocab_size > config.vocab_size:
-            raise fail(f"its tokenizer has {vocab_size} tokens, more than the model's {config.vocab_size}")
-    training = "train_state" in manifest
-    if training:
-        state = manifest["train_state"]
-        if not isinstance(manifest.get("train_config"), dict):
-            raise fail("train_config is missing or not an object")
-        if not (
-            isinstance(state, dict)
-            and _is_count(state.get("step"))
-            and isinstance(state.get("elapsed"), (int, float))
-            and isinstance(state.get("history"), dict)
-            and all(isinstance(values, list) for values in state["history"].values())
-            and isinstance(state.get("evals"), list)
-            and all(isinstance(e, dict) for e in state["evals"])
-        ):
-            raise fail("train_state is missing a field or has one of the wrong type")
-        groups = manifest.get("optimizer_param_groups")
-        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
-            raise fail("optimizer_param_groups is missing or not a list of objects")
-    if version == 1:
-        files = {"model": MODEL_FILE, **({"training": TRAINING_FILE} if training else {})}
-    else:
-        files = manifest.get("files")
-        roles = {"model", "training"} if training else {"model"}
-        if not isinstance(files, dict) or set(files) != roles:
-            raise fail(f"files must name the {' and '.join(sorted(roles))} files")
-        for name in files.values():
-            if not isinstance(name, str) or not VERSIONED.fullmatch(name):
-                raise fail(f"file name {name!r} is not one a checkpoint uses (model-<n>.safetensors)")
-    digests = manifest.get("sha256")
-    if not isinstance(digests, dict) or not all(
-        isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d) for d in digests.values()
-    ):
-        raise fail("sha256 is missing or is not an object of hex digests")
-    if set(digests) != set(files.values()):
-        raise fail(f"sha256 must hold the checksums of {sorted(files.values())} only, not of {sorted(digests)}")
-    return files
-
-
 def _read_once(path: Path) -> tuple[dict[str, Any], dict[str, bytes], bytes]:
     manifest_path = path / MANIFEST
     try:
@@ -447,7 +287,7 @@ def _read_once(path: Path) -> tuple[dict[str, Any], dict[str, bytes], bytes]:
         manifest = json.loads(raw.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{manifest_path} is corrupted or truncated ({err}); retrain or restore a copy") from err
-    files = _validate(manifest, manifest_path)
+    files = validate(manifest, manifest_path)
     n_params = param_count_formula(GPTConfig.from_dict(manifest["model_config"]))
     # float64 at most, twice the GPT's parameters (room for extra heads), plus headers
     limits = {"model": 16 * n_params + 2**26, "training": 48 * n_params + 2**26}
@@ -479,35 +319,13 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
             if _read_regular(path / MANIFEST, MAX_MANIFEST_BYTES) != raw:
                 continue  # a save committed a new checkpoint while we read: read that one
         break
-    name = _validate(manifest, path / MANIFEST)[missing[0]]
+    name = validate(manifest, path / MANIFEST)[missing[0]]
     raise CheckpointError(f"checkpoint {path} is missing {name}")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and verify a checkpoint folder's manifest, its fields and the checksums of its files."""
     return _read(path)[0]
-
-
-def finished_run(path: str | Path, config: GPTConfig, tokenizer: Any) -> dict[str, Any] | None:
-    """The manifest of `path` if it holds a finished training run of this model and tokenizer, else None.
-
-    Finished: its steps or its time budget are used up. A missing or damaged checkpoint gives None,
-    so a chapter can reuse an earlier chapter's model when it is there and train its own otherwise.
-    """
-    try:
-        manifest = read_manifest(path)
-    except CheckpointError:
-        return None
-    state = manifest.get("train_state")
-    if state is None or manifest.get("tokenizer") is None:
-        return None
-    try:
-        trained = TrainConfig.from_dict(manifest["train_config"])
-    except (ValueError, TypeError):
-        return None
-    done = state["step"] >= trained.max_steps or (trained.time_budget or float("inf")) <= state["elapsed"]
-    same = manifest["model_config"] == config.to_dict() and tokenizer_from_dict(manifest["tokenizer"]) == tokenizer
-    return manifest if done and same else None
 
 
 def _model_from(manifest: dict[str, Any], data: bytes, file: Path, model_class: type[torch.nn.Module]) -> GPT:
@@ -540,7 +358,7 @@ def _load(
     path: Path, model_class: type[torch.nn.Module] = GPT
 ) -> tuple[GPT, CharTokenizer | None, dict[str, Any], dict[str, bytes]]:
     manifest, blobs = _read(path)
-    model = _model_from(manifest, blobs["model"], path / _validate(manifest, path / MANIFEST)["model"], model_class)
+    model = _model_from(manifest, blobs["model"], path / validate(manifest, path / MANIFEST)["model"], model_class)
     tokenizer = tokenizer_from_dict(manifest["tokenizer"]) if manifest.get("tokenizer") else None
     return model, tokenizer, manifest, blobs
 

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,22 @@ from .tokenizers import BPETokenizer, CharTokenizer, UnknownCharacterError, load
 from .train import TrainingDivergedError
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
+def _whole(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int, _count = _whole(1), _whole(0)
 
 
 def _seconds(text: str) -> float:
@@ -118,17 +126,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
-    return value
-
-
 def _finite(text: str) -> float:
     """argparse type: a finite number."""
     try:
@@ -188,6 +185,21 @@ def _add_train(sub: Any) -> None:
     )
 
 
+SOURCES = {
+    "pairs": "JSON file of preference pairs: read if it exists, else written",
+    "reward": "the reward model's checkpoint (from `reward`)",
+}
+
+
+def _preference_parser(sub: Any, name: str, what: str, source: str = "pairs") -> argparse.ArgumentParser:
+    """A chapter 9 command: the chat model it starts from, its other input (`source`), its output folder."""
+    parser = sub.add_parser(name, help=f"{what} (chapter 9)")
+    parser.add_argument("--sft", type=Path, help="the fine-tuned chat checkpoint (from `sft`)")
+    parser.add_argument(f"--{source}", type=Path, help=SOURCES[source])
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    return parser
+
+
 def _add_stages(sub: Any) -> None:
     sft = sub.add_parser("sft", help="fine-tune a pretrained checkpoint into a chat model (chapter 8)")
     sft.add_argument("--base", type=Path, help="pretrained checkpoint (its tokenizer must be the chat tokenizer)")
@@ -200,21 +212,12 @@ def _add_stages(sub: Any) -> None:
     )
     sft.add_argument("--eval", type=_count, default=50, help="held-out prompts per family scored at the end (0: none)")
 
-    reward = sub.add_parser("reward", help="rank sampled answers of a chat model and train a reward model (chapter 9)")
-    reward.add_argument("--sft", type=Path, help="the fine-tuned chat checkpoint (from `sft`)")
-    reward.add_argument("--pairs", type=Path, help="JSON file of preference pairs: read if it exists, else written")
-    reward.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    reward = _preference_parser(sub, "reward", "rank sampled answers of a chat model and train a reward model")
     _run_options(reward, "default 60")
-    ppo = sub.add_parser("ppo", help="optimise a chat model against a reward model with PPO (chapter 9)")
-    ppo.add_argument("--sft", type=Path, help="the fine-tuned chat checkpoint (from `sft`)")
-    ppo.add_argument("--reward", type=Path, help="the reward model's checkpoint (from `reward`)")
-    ppo.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    ppo = _preference_parser(sub, "ppo", "optimise a chat model against a reward model with PPO", "reward")
     ppo.add_argument("--kl-coef", type=_finite, help=f"weight of the KL penalty (default {PPOConfig.kl_coef}; 0: none)")
     _run_options(ppo, f"default {PPOConfig.max_steps}")
-    dpo = sub.add_parser("dpo", help="fine-tune a chat model on ranked pairs with DPO (chapter 9)")
-    dpo.add_argument("--sft", type=Path, help="the fine-tuned chat checkpoint (from `sft`)")
-    dpo.add_argument("--pairs", type=Path, help="JSON file of preference pairs: read if it exists, else written")
-    dpo.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    dpo = _preference_parser(sub, "dpo", "fine-tune a chat model on ranked pairs with DPO")
     dpo.add_argument("--beta", type=_finite, help=f"DPO's beta (default {DPOConfig.beta})")
     _run_options(dpo, f"default {DPOConfig.max_steps}")
 

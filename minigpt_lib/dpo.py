@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .config import MAX_NEW_TOKENS, check_range
 from .reward import Pair
-from .rlhf import PolicyConfig, PolicyTrainer, evaluate_policy, make_completions, sequence_logprob
+from .rlhf import PolicyConfig, PolicyTrainer, make_completions, sequence_logprob
 
 
 def dpo_loss(
@@ -74,11 +74,8 @@ class DPOTrainer(PolicyTrainer):
     ):
         if not pairs:
             raise ValueError("no training pairs: sample more answers per prompt, or more prompts")
-        super().__init__(policy, reference, config, anchor, tokenizer, device)
+        super().__init__(policy, reference, config, anchor, tokenizer, device, stop_ids, held_out, reward, true_score)
         self.pairs, self.held_out_pairs = list(pairs), list(held_out_pairs)
-        self.stop_ids = set(stop_ids)
-        self.held_out = [list(p) for p in held_out]
-        self.reward, self.true_score = reward, true_score
 
     def update(self) -> dict[str, float]:
         """One DPO step on a random batch of pairs."""
@@ -107,17 +104,5 @@ class DPOTrainer(PolicyTrainer):
             ref_c, ref_r = _pair_logprobs(self.reference, self.held_out_pairs)
             out["val_loss"] = dpo_loss(pi_c, pi_r, ref_c, ref_r, self.config.beta).item()
             out["val_accuracy"] = ((pi_c - ref_c) > (pi_r - ref_r)).float().mean().item()
-        if self.held_out:
-            out.update(
-                evaluate_policy(
-                    self.model,
-                    self.reference,
-                    self.held_out,
-                    self.stop_ids,
-                    self.config.max_new_tokens,
-                    seed=self.config.seed + 1,
-                    reward=self.reward,
-                    true_score=self.true_score,
-                )
-            )
+        out.update(self.measure_answers())
         return out

@@ -143,20 +143,9 @@ def stream_ragged(
         model.train(was_training)
 
 
-def generate(
-    model: torch.nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    block_size: int | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-    top_p: float | None = None,
-    use_cache: bool = False,
-    seed: int | None = None,
-) -> torch.Tensor:
-    """Extend each row of `idx` (B, T) by `max_new_tokens` tokens; see `stream` for the options."""
-    new = list(stream(model, idx, max_new_tokens, block_size, temperature, top_k, generator, top_p, use_cache, seed))
+def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
+    """Extend each row of `idx` (B, T) by `max_new_tokens` tokens; `options` are `stream`'s."""
+    new = list(stream(model, idx, max_new_tokens, **options))
     return torch.cat([idx, *new], dim=1)
 
 

@@ -19,7 +19,8 @@ POSITIONS = ("learned", "rope")
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
-MAX_PARAMS = 4 * 10**9  # a larger shape in a config file is damage or a typo, refused before allocating
+MAX_PARAMS = 2**31  # 8 GB of float32 weights: a larger shape in a config file is damage or a typo, refused
+MAX_LAYERS = 1000  # before anything is allocated
 
 
 @dataclass
@@ -55,15 +56,12 @@ class GPTConfig(Config):
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             head_size = self.n_embd // self.n_head
             raise ValueError(f"rotary embeddings need an even head size, got n_embd // n_head = {head_size}")
-        if self.approx_params() > MAX_PARAMS:
+        if self.n_layer > MAX_LAYERS or param_count_formula(self) > MAX_PARAMS:
             raise ValueError(
-                f"this shape has about {self.approx_params():.2g} parameters, more than the {MAX_PARAMS:.0e} this "
-                "library builds (GPT-2 XL has 1.5e9); check n_layer, n_embd, vocab_size and block_size"
+                f"this shape has {self.n_layer} layers and {param_count_formula(self):,} parameters, more than the "
+                f"{MAX_LAYERS} and {MAX_PARAMS:,} this library builds (GPT-2 XL: 48 and 1.5e9); check n_layer, "
+                "n_embd, vocab_size and block_size"
             )
-
-    def approx_params(self) -> int:
-        """About how many parameters this shape has (12 n_embd^2 per layer, the embeddings), before building it."""
-        return 12 * self.n_layer * self.n_embd**2 + (self.vocab_size + self.block_size) * self.n_embd
 
 
 class MLP(nn.Module):
@@ -227,9 +225,8 @@ class GPT(nn.Module):
         stacked sliding attention windows can see.
         `use_cache=False` runs the plain loop, which gives the same tokens, more slowly.
         """
-        return generate(
-            self, idx, max_new_tokens, self.max_context, temperature, top_k, generator, top_p, use_cache, seed
-        )
+        options = dict(temperature=temperature, top_k=top_k, generator=generator, top_p=top_p, seed=seed)
+        return generate(self, idx, max_new_tokens, block_size=self.max_context, use_cache=use_cache, **options)
 
     def stream(self, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> Iterator[torch.Tensor]:
         """Yield the next token of each row of `idx`, as (B, 1), as it is generated; options as `generate`."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .config import MAX_NEW_TOKENS, check_range
-from .rlhf import PolicyConfig, PolicyTrainer, evaluate_policy, make_completions, sample_answers, token_logprobs
+from .rlhf import PolicyConfig, PolicyTrainer, make_completions, sample_answers, token_logprobs
 
 MAX_GROUP = 1024  # answers per prompt: far above what a step can afford
 
@@ -107,12 +107,8 @@ class PPOTrainer(PolicyTrainer):
     ):
         if not prompts:
             raise ValueError("no training prompts")
-        super().__init__(policy, reference, config, anchor, tokenizer, device)
-        self.reward = reward
+        super().__init__(policy, reference, config, anchor, tokenizer, device, stop_ids, held_out, reward, true_score)
         self.prompts = [list(p) for p in prompts]
-        self.stop_ids = set(stop_ids)
-        self.held_out = [list(p) for p in held_out]
-        self.true_score = true_score
 
     def rollout(self) -> tuple[list[list[int]], list[list[int]]]:
         """`batch_size` random training prompts, `group_size` sampled answers to each (prompts repeated)."""
@@ -160,15 +156,4 @@ class PPOTrainer(PolicyTrainer):
 
     def measure(self) -> dict[str, float]:
         """Learned reward, true score and KL to the reference of one sampled answer per held-out prompt."""
-        if not self.held_out:
-            return {}
-        return evaluate_policy(
-            self.model,
-            self.reference,
-            self.held_out,
-            self.stop_ids,
-            self.config.max_new_tokens,
-            seed=self.config.seed + 1,
-            reward=self.reward,
-            true_score=self.true_score,
-        )
+        return self.measure_answers()

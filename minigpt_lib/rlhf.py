@@ -263,6 +263,7 @@ class PolicyTrainer(PreferenceTrainer):
     """A loop that trains a policy (a GPT) away from a frozen reference, optionally anchored on SFT conversations.
 
     `anchor` is (x, y): windows of chapter 8's conversations with their masked targets (`sft.conversation_windows`).
+    `held_out` prompts are answered at each evaluation (`measure_answers`), scored by `reward` and `true_score`.
     """
 
     def __init__(
@@ -273,10 +274,31 @@ class PolicyTrainer(PreferenceTrainer):
         anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
         tokenizer: Any = None,
         device: str | None = None,
+        stop_ids: Collection[int] = (),
+        held_out: Sequence[Sequence[int]] = (),
+        reward: Callable[[list[list[int]], list[list[int]]], torch.Tensor] | None = None,
+        true_score: Callable[[int, list[int]], float] | None = None,
     ):
         super().__init__(policy, config, tokenizer, device)
         self.reference = freeze(reference).to(self.device)
         self.anchor = anchor
+        self.stop_ids, self.held_out = set(stop_ids), [list(p) for p in held_out]
+        self.reward, self.true_score = reward, true_score
+
+    def measure_answers(self) -> dict[str, float]:
+        """Learned reward, true score and KL to the reference of one sampled answer per held-out prompt."""
+        if not self.held_out:
+            return {}
+        return evaluate_policy(
+            self.model,
+            self.reference,
+            self.held_out,
+            self.stop_ids,
+            self.config.max_new_tokens,
+            seed=self.config.seed + 1,
+            reward=self.reward,
+            true_score=self.true_score,
+        )
 
     def anchor_loss(self) -> torch.Tensor | None:
         """`anchor_coef` times `anchor_kl` on a random batch of the anchor windows (None when there is no anchor)."""

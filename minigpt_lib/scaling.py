@@ -247,23 +247,13 @@ def plot(runs: list[Run], result: dict[str, Any]) -> Any:
     axes[1].set(xscale="log", yscale="log", xlabel="parameters N", ylabel="validation loss")
     axes[1].set_title("same compute, different sizes (stars: fitted optimum)")
     a, b = result["size_fit"]
-    axes[2].plot(
-        [flops[k] for k in inside],
-        [result["best_params"][k] for k in inside],
-        "*",
-        ms=12,
-        label="interior optimum (fitted)",
-    )
     edge = [k for k in range(len(flops)) if not interior[k]]
-    if edge:
-        axes[2].plot(
-            [flops[k] for k in edge],
-            [result["best_params"][k] for k in edge],
-            "v",
-            ms=10,
-            mfc="none",
-            label="at the ladder's end (not fitted)",
-        )
+    for ks, style in (
+        (inside, dict(marker="*", ms=12, label="interior optimum (fitted)")),
+        (edge, dict(marker="v", ms=10, mfc="none", label="at the ladder's end (not fitted)")),
+    ):
+        if ks:
+            axes[2].plot([flops[k] for k in ks], [result["best_params"][k] for k in ks], ls="none", **style)
     axes[2].plot(xs, [a * x**b for x in xs], "k--", label=f"fit: N ∝ C^{b:.2f}")
     anchor_c, anchor_n = flops[inside[-1]], result["best_params"][inside[-1]]
     for name, slope in (("Chinchilla", 0.5), ("Kaplan", 0.73)):

@@ -10,24 +10,17 @@ from typing import Any
 import torch
 
 from .chat import END, chat_tokenizer, check_tokenizer, render
-from .checkpoint import CheckpointError, finished_run, read_manifest, resume_trainer
+from .checkpoint import CheckpointError, finished, read_manifest, resume_trainer
 from .model import GPT, GPTConfig
+from .presets import get_preset
 from .tasks import TRAIN_WEIGHTS, ChatData, Example
 from .tokenizers import BPETokenizer, tokenizer_from_dict
 from .train import IGNORE_INDEX, TrainConfig, Trainer
 
-SFT_TRAIN = dict(  # chapter 5's cpu recipe with half its AdamW learning rate (the embeddings move less)
-    max_steps=2000,
-    batch_size=16,
-    learning_rate=5e-3,
-    min_lr=5e-4,
-    warmup_steps=30,
-    beta2=0.99,
-    optimizer="muon",
-    muon_lr=0.02,
-    eval_interval=100,
-    eval_batches=8,
-)
+SFT_TRAIN = {  # chapter 5's cpu recipe with half its AdamW learning rate (the embeddings move less)
+    **get_preset("cpu").train,
+    **dict(max_steps=2000, learning_rate=5e-3, min_lr=5e-4, eval_interval=100, eval_batches=8),
+}
 SFT_DATA = dict(n_train=30000, n_val=1000, seed=0, cot=True)
 MAX_CONVERSATIONS = 10**7  # a larger number in a checkpoint is damage or a typo, refused before generating
 
@@ -207,12 +200,8 @@ def resume_finetune(path: str | Path, text: str, device: str | torch.device | No
 
 
 def finished_sft(path: str | Path, config: GPTConfig | None = None) -> dict[str, Any] | None:
-    """The manifest of `path` if it holds a finished fine-tuning run (a chat model, of shape `config` if given)."""
-    try:
-        manifest = read_manifest(path)
-    except CheckpointError:
+    """`manifest.finished` for a fine-tuning run with the chat tokenizer (of a model of shape `config` if given)."""
+    manifest = finished(path, "sft", {"model_config": config.to_dict()} if config else None)
+    if manifest is None or manifest.get("tokenizer") is None:
         return None
-    if manifest.get("meta", {}).get("stage") != "sft" or not manifest.get("tokenizer"):
-        return None
-    config = config or GPTConfig.from_dict(manifest["model_config"])
-    return finished_run(path, config, chat_tokenizer())
+    return manifest if tokenizer_from_dict(manifest["tokenizer"]) == chat_tokenizer() else None

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,36 +174,6 @@ def train_and_save(
     wall = time.perf_counter() - start
     save(trainer)
     return wall
-
-
-def matches(manifest: dict[str, Any], stage: str | None = None, expect: dict[str, Any] | None = None) -> bool:
-    """Whether a run's manifest is of `stage` and made with the settings `expect`.
-
-    `expect` maps a manifest section (`train_config`, `model_config`, `meta`) to values it must hold.
-    """
-    if stage is not None and (manifest.get("meta") or {}).get("stage") != stage:
-        return False
-    for section, values in (expect or {}).items():
-        held = manifest.get(section) or {}
-        if any(held.get(key) != value for key, value in values.items()):
-            return False
-    return True
-
-
-def finished(path: Path, stage: str | None = None, expect: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The manifest of `path` if it holds a finished run (of `stage`, made with `expect`, as `matches`), else None.
-
-    Finished: its steps or its time budget are used up. A missing or damaged checkpoint gives None.
-    """
-    try:
-        manifest = read_manifest(path)
-    except CheckpointError:
-        return None
-    state, config = manifest.get("train_state"), manifest.get("train_config")
-    if state is None or config is None or not matches(manifest, stage, expect):
-        return None
-    budget = config.get("time_budget") or math.inf
-    return manifest if state["step"] >= config["max_steps"] or state["elapsed"] >= budget else None
 
 
 # --- the stages ------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 
 from minigpt_lib.checkpoint import CheckpointError, folder_lock
 from minigpt_lib.config import MAX_STEPS
-from minigpt_lib.stages import claim, finished, limits, matches, out_problem
+from minigpt_lib.manifest import finished, matches
+from minigpt_lib.stages import claim, limits, out_problem
 
 
 def test_the_time_budget_rule_is_seconds_more_when_resuming():
