@@ -370,13 +370,14 @@ def _rl(out: Path, manifest: dict | None, text: str, train: dict, device: Any = 
     Resuming, the run's own families and reward are used; giving others is an error.
     """
     families = check_families(inputs.get("families") or DEFAULT_FAMILIES)
-    settings = {"reward": str(inputs.get("reward") or "check"), "families": families}
+    reward_source = inputs.get("reward") or "check"
+    settings = {"reward": "check" if reward_source == "check" else str(Path(reward_source)), "families": families}
     if manifest:
         saved = {key: manifest["meta"].get(key) for key in settings}
         for key, option in (("reward", "--reward"), ("families", "--family")):
             if inputs.get(key) is not None and settings[key] != saved[key]:
-                message = f"the run in {out} was trained with {option} {saved[key]}; drop {option} to continue it"
-                raise CheckpointError(message)
+                held = " ".join(saved[key]) if key == "families" else saved[key]
+                raise CheckpointError(f"{out} holds a run trained with {option} {held}; drop {option} to continue it")
         settings = saved
     sources = _sources(manifest, inputs, ("sft",))
     sft, tokenizer = _chat_model(sources["sft"], device)

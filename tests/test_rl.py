@@ -169,7 +169,7 @@ def test_rl_command_refuses_what_it_cannot_train(chat_model, tmp_path, capsys):
     assert not any((tmp_path / name).exists() for name in "abc")  # nothing written
     assert run_rl(tmp_path / "d", *sft, "--max-steps", "1") == 0
     assert run_rl(tmp_path / "d", "--resume", "--max-steps", "2", "--family", "reverse") == 2
-    assert "trained with --family ['add3']" in capsys.readouterr().err
+    assert "a run trained with --family add3; drop --family to continue it" in capsys.readouterr().err
 
 
 def test_the_rl_curve_prompts_are_held_out():
