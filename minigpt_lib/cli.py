@@ -2,8 +2,8 @@
 a `_<command>` that runs it, with one rule for what they share: the device (`--device`, default auto: cuda, then
 mps, then cpu), `--threads`, the output folder (`stages.claim`) and the time budget (`stages.limits`).
 
-Training: `train` (pretraining), `sft`, `reward`, `ppo`, `dpo`, `chatbot` (all four stages). Using models: `sample`,
-`chat`, `export-web`. Tools: `tokenizer train|chat`, `import-gpt2`.
+Training: `train` (pretraining), `sft`, `reward`, `ppo`, `dpo`, `rl` (PPO on a checker), `chatbot` (all four
+stages). Using models: `sample`, `chat`, `export-web`. Tools: `tokenizer train|chat`, `import-gpt2`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .evaluation import evaluate_chat, format_table
 from .generate import stream_text
 from .ppo import PPOConfig
 from .presets import PRESETS
+from .rl import DEFAULT_FAMILIES, RL_TRAIN
 from .sampling import START_TEXT, check_sampling
 from .sft import SFT_DATA, SFT_TRAIN
 from .stages import Interrupted, build_trainer, claim, limits, run_stage, train_and_save
@@ -74,6 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_stages(sub)
+    _add_rl(sub)
 
     sample = sub.add_parser("sample", help="generate text from a trained checkpoint")
     sample.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder written by `train`")
@@ -234,6 +236,27 @@ def _add_stages(sub: Any) -> None:
     chatbot.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_rl(sub: Any) -> None:
+    rl = sub.add_parser("rl", help="optimise a chat model with PPO against a checker or a reward model (chapter 9)")
+    rl.add_argument("--sft", type=Path, help="the fine-tuned chat checkpoint (from `sft`)")
+    rl.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    rl.add_argument(
+        "--reward",
+        help="check (default): 1 for an answer the family's checker accepts, else 0; or a reward model's folder",
+    )
+    rl.add_argument(
+        "--family",
+        dest="families",
+        nargs="+",
+        action="extend",
+        metavar="F",
+        help=f"task families to train on (default: {' '.join(DEFAULT_FAMILIES)})",
+    )
+    kl_help = f"weight of the KL penalty (default {RL_TRAIN['kl_coef']}; 0: none)"
+    rl.add_argument("--kl-coef", type=_finite, help=kl_help)
+    _run_options(rl, f"default {RL_TRAIN['max_steps']}")
+
+
 def _train_parallel(args: argparse.Namespace) -> int:
     """`train` on every process of torchrun; rank 0 alone prints, shows progress and writes checkpoints."""
     from . import distributed
@@ -311,14 +334,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    """`sft`, `reward`, `ppo` or `dpo`: run that stage into --out (`stages.run_stage`) and print its result."""
+    """`sft`, `reward`, `ppo`, `dpo` or `rl`: run that stage into --out (`stages.run_stage`) and print its result."""
     device = _machine(args)
     text = load_text(getattr(args, "data", None))
     train = dict(seed=args.seed, kl_coef=getattr(args, "kl_coef", None), beta=getattr(args, "beta", None))
     if args.command == "sft":
         inputs = dict(base=args.base, data={"cot": not args.bare, "n_train": args.conversations or SFT_DATA["n_train"]})
     else:
-        inputs = {name: getattr(args, name) for name in ("sft", "reward", "pairs") if hasattr(args, name)}
+        inputs = {name: getattr(args, name) for name in ("sft", "reward", "pairs", "families") if hasattr(args, name)}
     trainer, wall = run_stage(
         args.command,
         args.out,
@@ -345,6 +368,9 @@ def _stage(args: argparse.Namespace) -> int:
         print(f"held-out pairwise accuracy={last['val_accuracy']:.4f}")
     elif args.command == "ppo":
         print(f"held-out reward={last['reward']:.3f} true score={last['score']:.3f} KL={last['kl']:.2f}")
+    elif args.command == "rl":
+        sampled = f"held-out pass@1={last['score']:.3f} (one answer sampled per prompt)"
+        print(f"{sampled} reward={last['reward']:.3f} KL={last['kl']:.2f}")
     else:
         print(f"held-out pair accuracy={last['val_accuracy']:.3f} true score={last['score']:.3f} KL={last['kl']:.2f}")
     return 0
@@ -534,6 +560,7 @@ COMMANDS = {
     "reward": _stage,
     "ppo": _stage,
     "dpo": _stage,
+    "rl": _stage,
     "chatbot": _chatbot,
     "sample": _sample,
     "chat": _chat,

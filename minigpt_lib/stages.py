@@ -41,6 +41,7 @@ from .ppo import PPOConfig, PPOTrainer
 from .preferences import Preferences, collect_preferences, request_examples, true_scorer
 from .presets import get_preset
 from .reward import RewardConfig, RewardModel, RewardTrainer, score
+from .rl import DEFAULT_FAMILIES, RL_TRAIN, check_families, rl_trainer
 from .sft import conversation_windows, finetune_trainer, resume_finetune, sft_config
 from .tasks import FAMILIES, ChatData, Example
 from .train import Trainer, TrainingDivergedError
@@ -332,12 +333,43 @@ def _preference_stage(kind: str, out: Path, manifest: dict | None, text: str, tr
     return trainer
 
 
+def _rl(out: Path, manifest: dict | None, text: str, train: dict, device: Any = None, **inputs: Any) -> PPOTrainer:
+    """PPO on training prompts of `families` (default add3) against their checker (`reward` "check") or a reward model.
+
+    Resuming, the run's own families and reward are used; giving others is an error.
+    """
+    families = check_families(inputs.get("families") or DEFAULT_FAMILIES)
+    reward_source = inputs.get("reward") or "check"
+    settings = {"reward": "check" if reward_source == "check" else str(Path(reward_source)), "families": families}
+    if manifest:
+        saved = {key: manifest["meta"].get(key) for key in settings}
+        for key, option in (("reward", "--reward"), ("families", "--family")):
+            if inputs.get(key) is not None and settings[key] != saved[key]:
+                held = " ".join(saved[key]) if key == "families" else saved[key]
+                raise CheckpointError(f"{out} holds a run trained with {option} {held}; drop {option} to continue it")
+        settings = saved
+    sources = _sources(manifest, inputs, ("sft",))
+    sft, tokenizer = _chat_model(sources["sft"], device)
+    reward = None
+    if settings["reward"] != "check":
+        reward = reward_function(load_checkpoint(Path(settings["reward"]), model_class=RewardModel, device=device)[0])
+    policy = load_checkpoint(out, device=device)[0] if manifest else sft
+    config = _config(PPOConfig, manifest, train if manifest else {**RL_TRAIN, **train})
+    data = ChatData(text, max_tokens=sft.block_size + 1)
+    trainer = rl_trainer(policy, sft, tokenizer, data, settings["families"], config, reward, device)
+    if manifest:
+        restore_training(out, trainer, manifest)
+    trainer.meta = {"stage": "rl", "sft": str(sources["sft"]), **settings, "chat": True}
+    return trainer
+
+
 STAGES: dict[str, tuple[Callable[..., Any], str]] = {
     "pretrain": (_pretrain, "pretraining"),
     "sft": (_sft, "fine-tuning"),
     "reward": (lambda *a, **k: _preference_stage("reward", *a, **k), "reward model"),
     "ppo": (lambda *a, **k: _preference_stage("ppo", *a, **k), "PPO"),
     "dpo": (lambda *a, **k: _preference_stage("dpo", *a, **k), "DPO"),
+    "rl": (_rl, "RL"),
 }
 
 

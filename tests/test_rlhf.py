@@ -88,6 +88,32 @@ def test_kl_estimates_by_hand():
         kl_estimate(logp, ref, mask, "k2")
 
 
+def test_k1_and_k3_against_the_exact_kl_of_two_different_models_next_token_distributions(gpt):
+    torch.manual_seed(1)
+    other = GPT(GPTConfig(vocab_size=VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=16, position="rope"))
+    prompt = [3, 4, 5]
+    with torch.no_grad():
+        p = torch.log_softmax(gpt(torch.tensor([prompt]))[0][0, -1].double(), -1)  # the policy's next token
+        q = torch.log_softmax(other(torch.tensor([prompt]))[0][0, -1].double(), -1)  # the reference's
+    exact = (p.exp() * (p - q)).sum().item()
+    assert exact > 0.01  # two different models
+    # every possible next token as a one-token answer: the estimators' expectation under the policy is the exact KL
+    batch = make_completions([prompt] * VOCAB, [[t] for t in range(VOCAB)])
+    with torch.no_grad():
+        logp, ref_logp = token_logprobs(gpt, batch), token_logprobs(other, batch)
+    for kind in ("k1", "k3"):
+        per_token = kl_estimate(logp, ref_logp, batch.answer_mask(), kind).double()
+        assert abs((p.exp() * per_token).sum().item() - exact) < 1e-6, kind
+    # and sampled: the mean over 20,000 tokens drawn from the policy is within 4 standard errors of the exact KL
+    tokens = torch.multinomial(p.exp(), 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    ones = torch.ones(len(tokens), 1, dtype=torch.double)
+    samples = {kind: kl_estimate(p[tokens, None], q[tokens, None], ones, kind) for kind in ("k1", "k3")}
+    for kind, values in samples.items():
+        error = abs(values.mean().item() - exact)
+        assert error < 4 * values.std().item() / len(values) ** 0.5, (kind, error)
+    assert samples["k1"].min() < 0 <= samples["k3"].min()  # k1 can be negative, k3 never
+
+
 def test_kl_is_zero_for_identical_models(gpt):
     batch = make_completions([[3, 4], [5]], [[6, STOP], [1, 2, STOP]])
     ref = freeze(gpt)
