@@ -92,11 +92,17 @@ def sample_next(
     generator: torch.Generator | None = None,
     top_p: float | None = None,
 ) -> torch.Tensor:
-    """Pick one token id per row of `logits` (B, V), as (B, 1): greedy at temperature 0, else sampled."""
+    """Pick one token id per row of `logits` (B, V), as (B, 1): greedy at temperature 0, else sampled.
+
+    A `generator` on another device than the logits (a trainer's CPU generator, a model on a GPU) draws
+    on its own device, so that a run draws the same tokens wherever its model is.
+    """
     check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return greedy(logits)
     probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
