@@ -1,4 +1,8 @@
-"""The one command that builds a mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO.
+"""The one command that builds a mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO -> RL.
+
+PPO optimises against the reward model learned from rankings (RLHF); RL then optimises three-number sums,
+the family the model is weakest at, against their checker (a verifiable reward). The final report compares
+the held-out table of SFT, PPO and RL, each change with its interval.
 
 Every stage trains a fixed number of steps (the chapters' recipes), so every machine builds the same model,
 a slow or busy one only later; the pipeline measures this machine's speed first and says how long it will
@@ -23,6 +27,7 @@ from .manifest import finished, matches
 from .model import GPT
 from .preferences import PREFERENCES
 from .presets import get_preset
+from .rl import RL_TRAIN
 from .sft import SFT_DATA, SFT_TRAIN
 from .stages import run_stage
 from .tasks import ChatData
@@ -37,6 +42,7 @@ CHATBOT = {
         preferences={},
         reward=dict(max_steps=60),
         ppo=dict(max_steps=100),
+        rl=dict(max_steps=RL_TRAIN["max_steps"]),
         eval_per_family=50,
     ),
     "fast": dict(
@@ -47,13 +53,15 @@ CHATBOT = {
         preferences=dict(n_prompts=12, n_speakers=2, k=2, n_heldout=1, max_new_tokens=24),
         reward=dict(max_steps=4, batch_size=4),
         ppo=dict(max_steps=2, batch_size=2, group_size=2, max_new_tokens=16),
+        rl=dict(max_steps=2, batch_size=2, group_size=2, max_new_tokens=16),
         eval_per_family=1,
     ),
 }
 # Minutes each stage of the full setting took on a quiet 2-core CPU, and the seconds of one pretraining
 # step measured there by `seconds_per_step`: the ETA scales them by this machine's measured speed.
-REFERENCE = dict(step_seconds=0.117, minutes=dict(pretrain=8.6, sft=4.8, reward=3.9, ppo=2.9))
-STAGE_NAMES = {"pretrain": "pretrain", "sft": "SFT", "reward": "reward model", "ppo": "PPO"}
+REFERENCE = dict(step_seconds=0.117, minutes=dict(pretrain=8.6, sft=4.8, reward=3.9, ppo=2.9, rl=6.0))
+STAGE_NAMES = {"pretrain": "pretrain", "sft": "SFT", "reward": "reward model", "ppo": "PPO", "rl": "RL"}
+TABLE = {"SFT": "sft", "PPO": "ppo", "RL": "rl"}  # the models compared on held-out prompts at the end
 
 
 def seconds_per_step(model: dict[str, Any], repeats: int = 3) -> float:
@@ -105,6 +113,11 @@ def plan(out: Path, setting: str, time_budget: float | None = None) -> dict[str,
             options=dict(train=s["ppo"], sft=sft, reward=reward),
             expect={"train_config": s["ppo"], "meta": {"sft": str(sft), "reward": str(reward)}},
         ),
+        "rl": dict(  # RL on three-number sums against their checker, from PPO's model
+            out=out / "rl",
+            options=dict(train=s["rl"], sft=out / "ppo", reward="check"),
+            expect={"train_config": s["rl"], "meta": {"sft": str(out / "ppo"), "reward": "check"}},
+        ),
     }
 
 
@@ -114,6 +127,8 @@ def _summary(stage: str, trainer: Any) -> str:
         return f"{trainer.step} steps, val loss {last['val']:.3f}"
     if stage == "reward":
         return f"{trainer.step} steps, held-out pairwise accuracy {last['val_accuracy']:.1%}"
+    if stage == "rl":
+        return f"{trainer.step} steps, held-out sampled accuracy {last['score']:.1%}, KL {last['kl']:.2f}"
     return f"{trainer.step} steps, held-out true score {last['score']:.2f}, KL {last['kl']:.2f}"
 
 
@@ -175,22 +190,23 @@ def _build(
         if trainer.step < 0.9 * planned:
             short.append(f"{label} ended at step {trainer.step} of its planned {planned} (its time budget ran out)")
 
-    sft_model, tokenizer, _ = load_checkpoint(out / "sft")
-    ppo_model, _, _ = load_checkpoint(out / "ppo")
-    data = ChatData(text, max_tokens=sft_model.block_size + 1)
+    models = {name: load_checkpoint(out / folder) for name, folder in TABLE.items()}
+    tokenizer = models["SFT"][1]
+    data = ChatData(text, max_tokens=models["SFT"][0].block_size + 1)
     examples = data.heldout_examples(CHATBOT[setting]["eval_per_family"], seed=41)
-    replies = {name: evaluate_chat(m, tokenizer, examples)[1] for name, m in (("SFT", sft_model), ("PPO", ppo_model))}
+    replies = {name: evaluate_chat(model, tokenizer, examples)[1] for name, (model, _, _) in models.items()}
     tables = {name: table_of(examples, r) for name, r in replies.items()}
     hits = {name: row_hits(examples, r) for name, r in replies.items()}
     log(format_table(tables))
-    log(
-        "PPO against SFT, prompt by prompt (a change inside its interval could be the prompts' luck):\n"
-        + change_report(hits["SFT"], hits["PPO"])
-    )
+    for before, after in (("SFT", "PPO"), ("PPO", "RL")):
+        log(
+            f"{after} against {before}, prompt by prompt (a change inside its interval could be the prompts' luck):\n"
+            + change_report(hits[before], hits[after])
+        )
     for note in short:
         log(f"note: {note}; the model is weaker than the recipe's (without --time-budget, every machine builds it)")
     minutes = (time.perf_counter() - start) / 60
-    log(f"built in {minutes:.1f} min; chat with it: python -m minigpt_lib chat --ckpt {out / 'ppo'}")
+    log(f"built in {minutes:.1f} min; chat with it: python -m minigpt_lib chat --ckpt {out / 'rl'}")
     return tables
 
 

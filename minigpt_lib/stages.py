@@ -6,9 +6,10 @@
   clock runs out (no step limit); when resuming, a time budget is that many seconds *more*.
 - `train_and_save(trainer, out)`: saves at each evaluation and at the end. Ctrl-C saves first (a second
   Ctrl-C stops without saving); a run that diverges or cannot write keeps its last good checkpoint.
-- `finished(path, stage, expect)`: whether a folder holds a finished run of that stage, with those settings.
-- The stages `pretrain`, `sft`, `reward`, `ppo` and `dpo`: `build_trainer` makes a new or resumed trainer
-  for a claimed folder, and `run_stage` runs a stage from start to end.
+- Whether a folder holds a finished run of a stage, made with given settings: `manifest.finished`.
+- The stages `pretrain`, `sft`, `reward`, `ppo`, `dpo` and `rl` (PPO against a family's checker, `rl.py`):
+  `build_trainer` makes a new or resumed trainer for a claimed folder, and `run_stage` runs a stage from
+  start to end.
 """
 
 from __future__ import annotations

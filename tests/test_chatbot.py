@@ -29,21 +29,21 @@ def chatbot(tmp_path_factory):
 
 def test_the_fast_pipeline_builds_every_stage_and_prints_the_held_out_table(chatbot):
     out, lines, tables = chatbot
-    for stage in ("base", "sft", "reward", "ppo"):
+    for stage in ("base", "sft", "reward", "ppo", "rl"):
         assert finished(out / stage), stage
-    progress = [line for line in lines if re.match(r"\[\d/4\]", line)]
-    assert [line[:5] for line in progress] == ["[1/4]"] * 2 + ["[2/4]"] * 2 + ["[3/4]"] * 2 + ["[4/4]"] * 2
-    assert "held-out prompts" in lines[-3] and "SFT" in lines[-3] and "PPO" in lines[-3]
-    assert lines[-2].startswith("PPO against SFT, prompt by prompt")
-    assert set(tables) == {"SFT", "PPO"} and "unsafe_new" in tables["PPO"]
-    assert load_checkpoint(out / "ppo")[2]["meta"]["chat"] is True
+    progress = [line for line in lines if re.match(r"\[\d/5\]", line)]
+    assert [line[:5] for line in progress] == [f"[{i}/5]" for i in range(1, 6) for _ in range(2)]
+    assert "held-out prompts" in lines[-4] and all(name in lines[-4] for name in ("SFT", "PPO", "RL"))
+    assert lines[-3].startswith("PPO against SFT, prompt by prompt") and lines[-2].startswith("RL against PPO")
+    assert set(tables) == {"SFT", "PPO", "RL"} and "unsafe_new" in tables["RL"]
+    assert load_checkpoint(out / "rl")[2]["meta"]["chat"] is True and "chat --ckpt" in lines[-1]
 
 
 def test_the_pipeline_keeps_finished_stages(chatbot):
     out, _, _ = chatbot
     lines = []
     build_chatbot(out, load_shakespeare(), "fast", quiet=True, log=lines.append)
-    assert sum("already done" in line for line in lines) == 4
+    assert sum("already done" in line for line in lines) == 5
 
 
 def weights(path, **options):
