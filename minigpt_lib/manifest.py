@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .folders import MODEL_FILE, TRAINING_FILE, VERSIONED, CheckpointError
-from .model import GPTConfig
+from .model import GPTConfig, check_size
 from .tokenizers import tokenizer_from_dict
 
 FORMAT = "minigpt-checkpoint"
@@ -48,7 +48,8 @@ def validate(manifest: Any, manifest_path: Path) -> dict[str, str]:
     if not isinstance(manifest.get("model_class", ""), str) or not isinstance(manifest.get("meta", {}), dict):
         raise fail("model_class must be a string and meta an object")
     try:
-        config = GPTConfig.from_dict(manifest["model_config"])  # also refuses shapes too large to build
+        config = GPTConfig.from_dict(manifest["model_config"])
+        check_size(config)  # a shape too large to build, refused before anything is allocated
     except (ValueError, TypeError) as err:
         raise fail(f"model_config is invalid ({err})") from None
     tokenizer = manifest.get("tokenizer")

@@ -56,12 +56,16 @@ class GPTConfig(Config):
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             head_size = self.n_embd // self.n_head
             raise ValueError(f"rotary embeddings need an even head size, got n_embd // n_head = {head_size}")
-        if self.n_layer > MAX_LAYERS or param_count_formula(self) > MAX_PARAMS:
-            raise ValueError(
-                f"this shape has {self.n_layer} layers and {param_count_formula(self):,} parameters, more than the "
-                f"{MAX_LAYERS} and {MAX_PARAMS:,} this library builds (GPT-2 XL: 48 and 1.5e9); check n_layer, "
-                "n_embd, vocab_size and block_size"
-            )
+
+
+def check_size(config: GPTConfig) -> None:
+    """ValueError for a shape too large to build here (a config can describe GPT-3; a GPT of it cannot be made)."""
+    if config.n_layer > MAX_LAYERS or param_count_formula(config) > MAX_PARAMS:
+        raise ValueError(
+            f"this shape has {config.n_layer} layers and {param_count_formula(config):,} parameters, more than the "
+            f"{MAX_LAYERS} and {MAX_PARAMS:,} this library builds (GPT-2 XL: 48 and 1.5e9); check n_layer, "
+            "n_embd, vocab_size and block_size"
+        )
 
 
 class MLP(nn.Module):
@@ -121,6 +125,7 @@ class GPT(nn.Module):
     """
 
     def __init__(self, config: GPTConfig):
+        check_size(config)  # before anything is allocated
         super().__init__()
         self.config = config
         layers = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
