@@ -57,14 +57,14 @@ lint: $(STAMP)
 test: $(STAMP) lint vendor $(BROWSER_STAMP)
 	MINIGPT_FAST=1 $(BIN)/python -m pytest --durations=12 tests
 
-# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO (20.9 minutes on 2 CPU cores in the latest measured run; 19.1, 19.9, 21 and 27 in earlier ones), then chat.
+# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO -> RL, fixed steps (38.4 minutes on 2 CPU cores in the latest measured run, its RL stage shared with other jobs; about 23 on a quiet machine), then chat.
 chatbot: $(STAMP)
 	$(BIN)/python -m minigpt_lib chatbot --out runs/chatbot
-	$(BIN)/python -m minigpt_lib chat --ckpt runs/chatbot/ppo
+	$(BIN)/python -m minigpt_lib chat --ckpt runs/chatbot/rl
 
 # The models that the book's pages run in the reader's browser: book/web/models/*.safetensors (committed, float16).
 # Chapter 6's sampler runs chapter 5's model (the cpu preset, chapter 5's settings); chapter 8's chat box runs
-# the chapter 8 recipe's assistant (WEB_CHAT_CKPT=runs/chatbot/ppo, say, exports another). A run missing from
+# the chapter 8 recipe's assistant (WEB_CHAT_CKPT=runs/chatbot/rl, say, exports another). A run missing from
 # runs/ is trained first (about 10 + 15 minutes on 2 CPU cores); delete a run to train it again.
 WEB_CHAT_CKPT ?= runs/chat
 web-models: $(STAMP)
