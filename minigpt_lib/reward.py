@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -97,7 +98,9 @@ def pairwise_accuracy(model: RewardModel, pairs: Sequence[Pair], batch_size: int
 @dataclass
 class RewardConfig(PreferenceConfig):
     """How to train a reward model. `train_body=False` trains only the head and the likelihood weight: with a few
-    hundred pairs, letting the whole network move fits the training pairs and ranks held-out ones worse."""
+    hundred pairs, letting the whole network move fits the training pairs and ranks held-out ones worse.
+    `keep_best=True` ends training with the weights of the evaluation that ranked most held-out pairs right
+    (step 0 included), so the model is never worse on them than where it started."""
 
     max_steps: int = 60
     batch_size: int = 16
@@ -105,6 +108,7 @@ class RewardConfig(PreferenceConfig):
     weight_decay: float = 0.0
     eval_interval: int = 10
     train_body: bool = False
+    keep_best: bool = False
 
 
 class RewardTrainer(PreferenceTrainer):
@@ -125,6 +129,9 @@ class RewardTrainer(PreferenceTrainer):
             p.requires_grad_(config.train_body)
         super().__init__(model, config, tokenizer, device)
         self.pairs, self.held_out = list(pairs), list(held_out)
+        self.best_step: int | None = None  # the evaluation with the highest held-out accuracy (the earliest of ties)
+        self.best_accuracy = -1.0
+        self._best_weights: dict[str, torch.Tensor] | None = None
 
     def update(self) -> dict[str, float]:
         """One Bradley-Terry step on a random batch of pairs."""
@@ -145,4 +152,16 @@ class RewardTrainer(PreferenceTrainer):
         chosen, rejected = pair_rewards(self.model, self.held_out)
         loss = bradley_terry_loss(chosen, rejected).item()
         accuracy = ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+        if accuracy > self.best_accuracy:
+            self.best_step, self.best_accuracy = self.step, accuracy
+            if self.config.keep_best:
+                self._best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return {"val_loss": loss if math.isfinite(loss) else float("nan"), "val_accuracy": accuracy}
+
+    def train(self, *args: Any, **kwargs: Any) -> list[dict[str, float]]:
+        """`TrainingLoop.train`; with `keep_best`, the model then holds the weights of its best evaluation
+        (`best_step`) in this call or an earlier one of the same trainer."""
+        evals = super().train(*args, **kwargs)
+        if self.config.keep_best and self._best_weights is not None:
+            self.model.load_state_dict(self._best_weights)
+        return evals

@@ -192,6 +192,20 @@ def test_reward_model_learns_a_separable_preference(gpt):
     assert trainer.history["loss"][-1] < math.log(2)
 
 
+def test_reward_model_with_keep_best_ends_at_its_best_held_out_evaluation(gpt):
+    train = [Pair([3], [GOOD, STOP], [BAD, STOP])] * 4
+    held_out = [Pair([3], [BAD, STOP], [GOOD, STOP])]  # the opposite preference: training can only make it worse
+    for keep_best in (False, True):
+        model = RewardModel.from_gpt(gpt, likelihood_weight=0.0)  # every answer scores 0 at step 0: a tie, 50%
+        config = RewardConfig(max_steps=20, batch_size=4, learning_rate=1e-2, eval_interval=5, keep_best=keep_best)
+        trainer = RewardTrainer(model, train, held_out, config)
+        trainer.train(progress_bar=False)
+        assert [e["val_accuracy"] for e in trainer.evals][:2] == [0.5, 0.0]
+        assert (trainer.best_step, trainer.best_accuracy) == (0, 0.5)
+        assert pairwise_accuracy(model, held_out) == (0.5 if keep_best else 0.0)
+        assert torch.count_nonzero(model.head.weight).item() == (0 if keep_best else 16)  # step 0's zero head
+
+
 def test_ppo_steps_lower_the_loss_on_a_fixed_batch(gpt):
     batch = make_completions([[3, 4]] * 4, [[GOOD, STOP], [BAD, STOP], [GOOD, GOOD, STOP], [BAD, BAD, STOP]])
     mask = batch.answer_mask()
