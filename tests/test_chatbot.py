@@ -213,3 +213,11 @@ def test_a_crafted_ppo_manifest_is_a_clear_error(chatbot, tmp_path, capsys):
     (copy / "checkpoint.json").write_text(json.dumps(manifest))
     assert main(["ppo", "--out", str(copy), "--resume", "--quiet"]) == 2
     assert "group_size" in capsys.readouterr().err
+
+
+def test_a_time_budget_instead_of_steps_is_reported_when_a_stage_falls_short(tmp_path):
+    lines = []
+    build_chatbot(tmp_path / "bot", load_shakespeare(), "fast", quiet=True, log=lines.append, time_budget=0.05)
+    notes = [line for line in lines if line.startswith("note:")]
+    assert notes and all("time budget" in note for note in notes)
+    assert any(note.startswith("note: pretrain ended at step") for note in notes)

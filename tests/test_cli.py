@@ -358,3 +358,8 @@ def test_tokenizer_train_into_a_folder_that_cannot_be_created_fails_before_learn
     assert main(args) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error:") and "learned" not in captured.out
+
+
+def test_a_batch_size_beyond_any_machine_is_refused_before_allocating(tmp_path, corpus, capsys):
+    assert train(corpus, tmp_path / "run", "--batch-size", "1000000000000") == 2
+    assert "batch_size" in capsys.readouterr().err and not (tmp_path / "run").exists()
