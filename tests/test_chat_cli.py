@@ -35,15 +35,15 @@ def chat_ckpt(ok_model, tmp_path_factory):
     return path
 
 
+def piped_chat(ckpt, lines: str) -> subprocess.CompletedProcess:
+    """`chat` in a subprocess with `lines` piped to it, as a script would run it."""
+    command = [sys.executable, "-m", "minigpt_lib", "chat", "--ckpt", str(ckpt), "--max-new-tokens", "8"]
+    return subprocess.run(command, input=lines, capture_output=True, text=True, timeout=120)
+
+
 def test_chat_through_a_pipe_answers_each_line_and_obeys_commands(chat_ckpt):
     lines = "hello\nhow are you\n/reset\nbye\n\n/system Be brief.\nagain\n/quit\nthis line is never read\n"
-    result = subprocess.run(
-        [sys.executable, "-m", "minigpt_lib", "chat", "--ckpt", str(chat_ckpt), "--max-new-tokens", "8"],
-        input=lines,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = piped_chat(chat_ckpt, lines)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["ok", "ok", "ok", "ok"]  # one answer per user turn, nothing else
     assert "conversation cleared" in result.stderr and "system prompt: Be brief." in result.stderr
@@ -105,13 +105,7 @@ def test_sft_fine_tunes_saves_and_prints_the_held_out_table(tmp_path, capsys):
 
 def test_a_piped_line_starting_with_two_slashes_is_sent_as_a_message_and_unknown_commands_are_refused(chat_ckpt):
     lines = "//system is a word\n/bogus\nhello\n"
-    result = subprocess.run(
-        [sys.executable, "-m", "minigpt_lib", "chat", "--ckpt", str(chat_ckpt), "--max-new-tokens", "8"],
-        input=lines,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = piped_chat(chat_ckpt, lines)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["ok", "ok"]  # '//...' was answered; '/bogus' was not sent
     assert "unknown command /bogus" in result.stderr and "system prompt" not in result.stderr.split("unknown")[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SAMPLE_TEXT
-from test_browser import CHROMIUM, FLAGS, QuietHandler
+from test_browser import QuietHandler, browser  # noqa: F401 (browser: the fixture that launches Chromium)
 
 from minigpt_lib import GPT, CharTokenizer, GPTConfig, save_checkpoint
 from minigpt_lib.chat import chat_tokenizer
@@ -51,20 +51,6 @@ def sharp_model(vocab_size: int, block_size: int) -> GPT:
                 p.normal_(0.0, 1.0 if name == "transformer.wte.weight" else 1.5 / math.sqrt(p.size(1)))
             p.copy_(p.half().float())  # the float16 export is then exact: the page and Python share the weights
     return model.eval()
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright is not installed; run `make setup-browser` (part of `make test`)")
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium is not at {CHROMIUM}; run `make setup-browser` (it installs Debian's chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +91,9 @@ def origin(request, site):
 
 
 @pytest.fixture
-def page(chromium, origin):
+def page(browser, origin):  # noqa: F811 (the imported fixture)
     """A tab that fails the test if anything is requested outside the site or the page raises an error."""
-    context = chromium.new_context()
+    context = browser.new_context()
     requests, errors = [], []
     tab = context.new_page()
     tab.on("request", lambda r: requests.append(r.url))
