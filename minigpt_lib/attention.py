@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
+
+Rotary = tuple[torch.Tensor, torch.Tensor] | None  # the (cos, sin) tables of `rotary_tables`, or None (no RoPE)
 
 
 class Head(nn.Module):
@@ -154,13 +157,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        kv_cache: KVCache | None = None,
-        layer: int = 0,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0, rotary: Rotary = None) -> Tensor:
         """(B, T, C) -> (B, T, C); with a cache, x holds only the new positions, after the cached ones.
 
         `rotary`, the (cos, sin) tables of `rotary_tables` for x's positions, turns queries and keys (RoPE).

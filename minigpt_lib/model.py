@@ -10,8 +10,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
-from .attention import CausalSelfAttention, KVCache, rotary_tables
+from .attention import CausalSelfAttention, KVCache, Rotary, rotary_tables
 from .config import Config, check_field_types
 from .generate import generate, stream
 
@@ -93,13 +94,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config.n_embd, config.dropout, config.bias, config.activation)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        kv_cache: KVCache | None = None,
-        layer: int = 0,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0, rotary: Rotary = None) -> Tensor:
         """(B, T, C) -> (B, T, C); `kv_cache`, `layer` and `rotary` as in CausalSelfAttention."""
         x = x + self.attn(self.ln_1(x), kv_cache, layer, rotary)
         return x + self.mlp(self.ln_2(x))
