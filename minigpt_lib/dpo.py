@@ -4,8 +4,9 @@ reference model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -65,16 +66,12 @@ class DPOTrainer(PolicyTrainer):
         config: DPOConfig,
         stop_ids: Collection[int],
         held_out_pairs: Sequence[Pair] = (),
-        held_out: Sequence[Sequence[int]] = (),
-        reward: Callable[[list[list[int]], list[list[int]]], torch.Tensor] | None = None,
-        true_score: Callable[[int, list[int]], float] | None = None,
-        tokenizer: object = None,
-        device: str | None = None,
-        anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **options: Any,
     ):
+        """`options`: `PolicyTrainer`'s held_out, reward, true_score, anchor, tokenizer and device."""
         if not pairs:
             raise ValueError("no training pairs: sample more answers per prompt, or more prompts")
-        super().__init__(policy, reference, config, anchor, tokenizer, device, stop_ids, held_out, reward, true_score)
+        super().__init__(policy, reference, config, stop_ids=stop_ids, **options)
         self.pairs, self.held_out_pairs = list(pairs), list(held_out_pairs)
 
     def update(self) -> dict[str, float]:

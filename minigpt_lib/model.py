@@ -207,26 +207,16 @@ class GPT(nn.Module):
         """An empty KV cache for this model's layers, keeping what the attention window can see."""
         return KVCache(self.config.n_layer, window=self.config.block_size)
 
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        top_p: float | None = None,
-        use_cache: bool = True,
-        seed: int | None = None,
-    ) -> torch.Tensor:
-        """Extend `idx` (B, T) by `max_new_tokens` tokens (temperature 0 means greedy).
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
+        """Extend `idx` (B, T) by `max_new_tokens` tokens.
 
-        Options as in `minigpt_lib.generate`. With learned positions, the context is cropped from the left
-        to its last block_size tokens; a RoPE model reads its last `receptive_field` tokens, all that its
-        stacked sliding attention windows can see.
-        `use_cache=False` runs the plain loop, which gives the same tokens, more slowly.
+        Options as `minigpt_lib.generate.stream`: `temperature` (0 means greedy), `top_k`, `top_p`, `generator`
+        or `seed`, and `use_cache` (here True by default; False runs the plain loop, which gives the same tokens,
+        more slowly). With learned positions, the context is cropped from the left to its last block_size tokens;
+        a RoPE model reads its last `receptive_field` tokens, all that its stacked sliding attention windows can see.
         """
-        options = dict(temperature=temperature, top_k=top_k, generator=generator, top_p=top_p, seed=seed)
-        return generate(self, idx, max_new_tokens, block_size=self.max_context, use_cache=use_cache, **options)
+        options.setdefault("use_cache", True)
+        return generate(self, idx, max_new_tokens, block_size=self.max_context, **options)
 
     def stream(self, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> Iterator[torch.Tensor]:
         """Yield the next token of each row of `idx`, as (B, 1), as it is generated; options as `generate`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -99,15 +100,12 @@ class PPOTrainer(PolicyTrainer):
         prompts: Sequence[Sequence[int]],
         stop_ids: Collection[int],
         config: PPOConfig,
-        held_out: Sequence[Sequence[int]] = (),
-        true_score: Callable[[int, list[int]], float] | None = None,
-        tokenizer: object = None,
-        device: str | None = None,
-        anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **options: Any,
     ):
+        """`options`: `PolicyTrainer`'s held_out, true_score, anchor, tokenizer and device."""
         if not prompts:
             raise ValueError("no training prompts")
-        super().__init__(policy, reference, config, anchor, tokenizer, device, stop_ids, held_out, reward, true_score)
+        super().__init__(policy, reference, config, stop_ids=stop_ids, reward=reward, **options)
         self.prompts = [list(p) for p in prompts]
 
     def rollout(self) -> tuple[list[list[int]], list[list[int]]]:

@@ -271,6 +271,7 @@ class PolicyTrainer(PreferenceTrainer):
         policy: nn.Module,
         reference: nn.Module,
         config: PolicyConfig,
+        *,
         anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
         tokenizer: Any = None,
         device: str | None = None,
