@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from .chat import chat_tokenizer
-from .checkpoint import CheckpointError, folder_lock, load_checkpoint, read_manifest
+from .checkpoint import CheckpointError, finished, folder_lock, load_checkpoint, read_manifest
 from .evaluation import change_report, evaluate_chat, format_table, row_hits
 from .evaluation import score as table_of
-from .manifest import finished, matches
+from .manifest import matches
 from .model import GPT
 from .preferences import PREFERENCES
 from .presets import get_preset

@@ -27,17 +27,18 @@ from .folders import (
     LOCK_FILE,
     MANIFEST,
     MAX_MANIFEST_BYTES,
-    MODEL_FILE,
-    TEMPORARY,
-    TRAINING_FILE,
     VERSIONED,
     CheckpointError,
     FolderInUseError,
+    check_folder,
     folder_lock,
     is_checkpoint_file,
+    named_files,
     other_files,
+    remove_file,
+    remove_leftovers,
 )
-from .manifest import FORMAT, VERSION, finished, finished_run, matches, validate
+from .manifest import FORMAT, VERSION, is_finished, matches, validate
 from .model import GPT, GPTConfig, param_count_formula
 from .tokenizers import CharTokenizer, tokenizer_from_dict
 from .train import TrainConfig, Trainer
@@ -46,8 +47,6 @@ __all__ = [  # the folder rules and the manifest's checks are used through this 
     "LOCK_FILE",
     "CheckpointError",
     "FolderInUseError",
-    "finished",
-    "finished_run",
     "is_checkpoint_file",
     "matches",
     "other_files",
@@ -100,13 +99,6 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], param_groups: list[dict])
     return {"state": state, "param_groups": param_groups}
 
 
-def _check_folder(path: Path) -> None:
-    if path.is_symlink() and not path.is_dir():
-        raise CheckpointError(f"{path} is a symbolic link to no folder; give a folder for the checkpoint")
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"{path} is a file, not a folder; give a folder for the checkpoint")
-
-
 def _non_finite(model: torch.nn.Module) -> list[str]:
     return [
         name
@@ -122,34 +114,6 @@ def _current_manifest(path: Path) -> dict[str, Any] | None:
     except (OSError, CheckpointError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _named_files(manifest: dict[str, Any] | None) -> set[str]:
-    """The checkpoint files a parsed manifest names (only names a save may create, whatever it says)."""
-    if manifest is None:
-        return set()
-    files = manifest.get("files")
-    names = set(files.values()) if isinstance(files, dict) else set()
-    if manifest.get("version") == 1 and isinstance(manifest.get("sha256"), dict):
-        names |= set(manifest["sha256"]) & {MODEL_FILE, TRAINING_FILE}
-    return {n for n in names if isinstance(n, str) and (VERSIONED.fullmatch(n) or n in (MODEL_FILE, TRAINING_FILE))}
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if not path.is_dir() or path.is_symlink():
-            path.unlink()
-
-
-def _remove_leftovers(path: Path, keep: set[str]) -> None:
-    """Delete what interrupted saves of the run in `path` left: its temporary and versioned files no manifest names.
-
-    Called only when the folder holds a readable manifest: in a folder without one, nothing is the run's
-    to remove (a file named like a checkpoint's may be the user's), so nothing is deleted.
-    """
-    for entry in path.iterdir():
-        if TEMPORARY.fullmatch(entry.name) or (VERSIONED.fullmatch(entry.name) and entry.name not in keep):
-            _remove(entry)
 
 
 def save_checkpoint(
@@ -173,13 +137,13 @@ def save_checkpoint(
             f"not saving to {path}: the model's weights hold NaN or infinite values ({', '.join(bad[:3])}); "
             "training diverged. The last good checkpoint there is kept."
         )
-    _check_folder(path)
+    check_folder(path)
     path.mkdir(parents=True, exist_ok=True)
     with folder_lock(path):
         old = _current_manifest(path)
-        old_files = _named_files(old)
+        old_files = named_files(old)
         if old is not None:
-            _remove_leftovers(path, old_files)
+            remove_leftovers(path, old_files)
         numbers = [int(n.split("-")[1].split(".")[0]) for n in os.listdir(path) if VERSIONED.fullmatch(n)]
         generation = max([0, *numbers]) + 1
         old_generation = old.get("generation") if old is not None else None
@@ -233,9 +197,9 @@ def save_checkpoint(
         finally:
             if not committed:
                 for file in written:
-                    _remove(file)
+                    remove_file(file)
         for name in old_files - set(files.values()):
-            _remove(path / name)
+            remove_file(path / name)
     return path
 
 
@@ -326,6 +290,27 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and verify a checkpoint folder's manifest, its fields and the checksums of its files."""
     return _read(path)[0]
+
+
+def finished(path: str | Path, stage: str | None = None, expect: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of `path` if it holds a finished run (`manifest.is_finished`), else None.
+
+    A missing or damaged checkpoint gives None (reading verifies its files), so a chapter can reuse an earlier
+    chapter's model when it is there and train its own otherwise.
+    """
+    try:
+        manifest = read_manifest(path)
+    except CheckpointError:
+        return None
+    return manifest if is_finished(manifest, stage, expect) else None
+
+
+def finished_run(path: str | Path, config: GPTConfig, tokenizer: Any) -> dict[str, Any] | None:
+    """`finished` for a run of a model of shape `config` with `tokenizer`, else None."""
+    manifest = finished(path, expect={"model_config": config.to_dict()})
+    if manifest is None or manifest.get("tokenizer") is None:
+        return None
+    return manifest if tokenizer_from_dict(manifest["tokenizer"]) == tokenizer else None
 
 
 def _model_from(manifest: dict[str, Any], data: bytes, file: Path, model_class: type[torch.nn.Module]) -> GPT:

@@ -17,7 +17,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .checkpoint import save_checkpoint
 from .data import BatchSampler, get_batch
+from .model import GPT
+from .train import configure_optimizer
 
 MODES = ("ddp", "fsdp")
 
@@ -138,8 +141,6 @@ def parallelize(trainer: Any, mode: str) -> None:
         set_optimizer_state_dict,
     )
 
-    from .train import configure_optimizer
-
     options = StateDictOptions(full_state_dict=True)
     resumed = bool(trainer.optimizer.state)  # (asking an optimizer with no state for it would create some)
     for p, values in list(trainer.optimizer.state.items()):  # one key order on every rank: collectives pair up by it
@@ -158,9 +159,6 @@ def full_model_and_optimizer(trainer: Any) -> tuple[nn.Module, torch.optim.Optim
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-    from .model import GPT
-    from .train import configure_optimizer
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(trainer.model, options=options)
     optim = get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options)
@@ -177,8 +175,6 @@ def full_model_and_optimizer(trainer: Any) -> tuple[nn.Module, torch.optim.Optim
 
 def save(trainer: Any, out: str | Path, mode: str) -> None:
     """Checkpoint a data-parallel trainer: every rank takes part, rank 0 alone writes."""
-    from .checkpoint import save_checkpoint
-
     if mode == "fsdp":
         full = full_model_and_optimizer(trainer)
         if full is not None:

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
@@ -109,3 +110,39 @@ def folder_lock(path: str | Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 os.unlink(Path(path) / LOCK_FILE)
             os.close(fd)
+
+
+def check_folder(path: Path) -> None:
+    """Refuse a path that is a file, or a link to no folder, as a checkpoint folder."""
+    if path.is_symlink() and not path.is_dir():
+        raise CheckpointError(f"{path} is a symbolic link to no folder; give a folder for the checkpoint")
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a folder; give a folder for the checkpoint")
+
+
+def named_files(manifest: dict[str, Any] | None) -> set[str]:
+    """The checkpoint files a parsed manifest names (only names a save may create, whatever it says)."""
+    if manifest is None:
+        return set()
+    files = manifest.get("files")
+    names = set(files.values()) if isinstance(files, dict) else set()
+    if manifest.get("version") == 1 and isinstance(manifest.get("sha256"), dict):
+        names |= set(manifest["sha256"]) & {MODEL_FILE, TRAINING_FILE}
+    return {n for n in names if isinstance(n, str) and (VERSIONED.fullmatch(n) or n in (MODEL_FILE, TRAINING_FILE))}
+
+
+def remove_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if not path.is_dir() or path.is_symlink():
+            path.unlink()
+
+
+def remove_leftovers(path: Path, keep: set[str]) -> None:
+    """Delete what interrupted saves of the run in `path` left: its temporary and versioned files no manifest names.
+
+    Called only when the folder holds a readable manifest: in a folder without one, nothing is the run's
+    to remove (a file named like a checkpoint's may be the user's), so nothing is deleted.
+    """
+    for entry in path.iterdir():
+        if TEMPORARY.fullmatch(entry.name) or (VERSIONED.fullmatch(entry.name) and entry.name not in keep):
+            remove_file(entry)

@@ -2,9 +2,9 @@
 says about the run: of which stage, made with which settings, finished or not.
 
 - `validate(manifest, path)`: the manifest's fields, checked one by one; returns the files it names.
-- `matches(manifest, stage, expect)` and `finished(path, stage, expect)`: the one test of "is this run
-  finished, and made with these settings?" that every chapter and stage uses (`finished_run` for a
-  pretrained model of a given shape and tokenizer).
+- `matches(manifest, stage, expect)` and `is_finished(manifest, stage, expect)`: the one test of "is this run
+  finished, and made with these settings?" that every chapter and stage uses, through `checkpoint.finished`
+  (which reads the folder first) and `checkpoint.finished_run` (a pretrained model of a given shape and tokenizer).
 """
 
 from __future__ import annotations
@@ -114,30 +114,15 @@ def matches(manifest: dict[str, Any], stage: str | None = None, expect: dict[str
     return True
 
 
-def finished(path: str | Path, stage: str | None = None, expect: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The manifest of `path` if it holds a finished run (of `stage`, made with `expect`, as `matches`), else None.
+def is_finished(manifest: dict[str, Any], stage: str | None = None, expect: dict[str, Any] | None = None) -> bool:
+    """Whether a manifest holds a finished run (of `stage`, made with `expect`, as `matches`).
 
-    Finished: its steps or its time budget are used up. A missing or damaged checkpoint gives None, so a
-    chapter can reuse an earlier chapter's model when it is there and train its own otherwise.
+    Finished: its steps or its time budget are used up. `checkpoint.finished` reads a folder's manifest and asks this.
     """
-    from .checkpoint import read_manifest  # reading verifies the files too
-
-    try:
-        manifest = read_manifest(path)
-    except CheckpointError:
-        return None
     state, config = manifest.get("train_state"), manifest.get("train_config")
     if state is None or not isinstance(config, dict) or not matches(manifest, stage, expect):
-        return None
+        return False
     steps, budget = config.get("max_steps"), config.get("time_budget") or math.inf
     if not isinstance(steps, int) or not isinstance(budget, (int, float)):
-        return None
-    return manifest if state["step"] >= steps or state["elapsed"] >= budget else None
-
-
-def finished_run(path: str | Path, config: GPTConfig, tokenizer: Any) -> dict[str, Any] | None:
-    """`finished` for a run of a model of shape `config` with `tokenizer`, else None."""
-    manifest = finished(path, expect={"model_config": config.to_dict()})
-    if manifest is None or manifest.get("tokenizer") is None:
-        return None
-    return manifest if tokenizer_from_dict(manifest["tokenizer"]) == tokenizer else None
+        return False
+    return state["step"] >= steps or state["elapsed"] >= budget

@@ -107,6 +107,10 @@ def _request(data: ChatData, rng: random.Random, phrasings: Sequence[str]) -> Ex
     return Example("safe" if safe else "unsafe", [message("user", text)], answer, {"safe": safe})
 
 
+N_CURVE = 4  # held-out prompts per family for the curves measured during PPO and DPO
+N_PPO_PROMPTS = 2000
+
+
 def request_examples(data: ChatData, n: int, seed: int = 0, taught: float = 0.2) -> list[Example]:
     """`n` safe or unsafe requests: in `RL_PHRASINGS`, and a fraction `taught` in chapter 8's taught phrasings."""
     rng = random.Random(seed)
@@ -117,6 +121,16 @@ def request_examples(data: ChatData, n: int, seed: int = 0, taught: float = 0.2)
         else:
             out.append(_request(data, rng, RL_PHRASINGS))
     return out
+
+
+def ppo_examples(data: ChatData) -> list[Example]:
+    """PPO's training prompts: requests, mostly in this stage's phrasings (where SFT is weakest)."""
+    return request_examples(data, N_PPO_PROMPTS, seed=31)
+
+
+def curve_examples(data: ChatData) -> list[Example]:
+    """The held-out prompts on which PPO and DPO are measured while they train."""
+    return data.heldout_examples(N_CURVE, seed=21, families=FAMILIES)
 
 
 def preference_examples(data: ChatData, n: int, seed: int = 0, rl_requests: float = 0.5) -> list[Example]:

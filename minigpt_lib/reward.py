@@ -4,7 +4,7 @@ the Bradley-Terry loss."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,11 @@ def score(
         out.append(model(batch).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def reward_function(model: RewardModel) -> Callable[[list[list[int]], list[list[int]]], torch.Tensor]:
+    """The reward model as a function of (prompts, answers) token ids."""
+    return lambda prompts, answers: score(model, prompts, answers)
 
 
 def pair_rewards(model: RewardModel, pairs: Sequence[Pair], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

@@ -200,7 +200,7 @@ def resume_finetune(path: str | Path, text: str, device: str | torch.device | No
 
 
 def finished_sft(path: str | Path, config: GPTConfig | None = None) -> dict[str, Any] | None:
-    """`manifest.finished` for a fine-tuning run with the chat tokenizer (of a model of shape `config` if given)."""
+    """`checkpoint.finished` for a fine-tuning run with the chat tokenizer (of a model of shape `config` if given)."""
     manifest = finished(path, "sft", {"model_config": config.to_dict()} if config else None)
     if manifest is None or manifest.get("tokenizer") is None:
         return None

@@ -6,7 +6,7 @@
   clock runs out (no step limit); when resuming, a time budget is that many seconds *more*.
 - `train_and_save(trainer, out)`: saves at each evaluation and at the end. Ctrl-C saves first (a second
   Ctrl-C stops without saving); a run that diverges or cannot write keeps its last good checkpoint.
-- Whether a folder holds a finished run of a stage, made with given settings: `manifest.finished`.
+- Whether a folder holds a finished run of a stage, made with given settings: `checkpoint.finished`.
 - The stages `pretrain`, `sft`, `reward`, `ppo`, `dpo` and `rl` (PPO against a family's checker, `rl.py`):
   `build_trainer` makes a new or resumed trainer for a claimed folder, and `run_stage` runs a stage from
   start to end.
@@ -39,16 +39,13 @@ from .config import MAX_STEPS
 from .dpo import DPOConfig, DPOTrainer
 from .model import GPT
 from .ppo import PPOConfig, PPOTrainer
-from .preferences import Preferences, collect_preferences, request_examples, true_scorer
+from .preferences import Preferences, collect_preferences, curve_examples, ppo_examples, true_scorer
 from .presets import get_preset
-from .reward import RewardConfig, RewardModel, RewardTrainer, score
+from .reward import RewardConfig, RewardModel, RewardTrainer, reward_function
 from .rl import DEFAULT_FAMILIES, RL_TRAIN, check_families, rl_trainer
 from .sft import conversation_windows, finetune_trainer, resume_finetune, sft_config
-from .tasks import FAMILIES, ChatData, Example
+from .tasks import ChatData
 from .train import Trainer, TrainingDivergedError
-
-N_CURVE = 4  # held-out prompts per family for the curves measured during PPO and DPO
-N_PPO_PROMPTS = 2000
 
 
 class Interrupted(KeyboardInterrupt):
@@ -179,21 +176,6 @@ def train_and_save(
 
 
 # --- the stages ------------------------------------------------------------------------------------
-
-
-def ppo_examples(data: ChatData) -> list[Example]:
-    """PPO's training prompts: requests, mostly in this stage's phrasings (where SFT is weakest)."""
-    return request_examples(data, N_PPO_PROMPTS, seed=31)
-
-
-def curve_examples(data: ChatData) -> list[Example]:
-    """The held-out prompts on which PPO and DPO are measured while they train."""
-    return data.heldout_examples(N_CURVE, seed=21, families=FAMILIES)
-
-
-def reward_function(model: RewardModel) -> Callable[[list[list[int]], list[list[int]]], torch.Tensor]:
-    """The reward model as a function of (prompts, answers) token ids."""
-    return lambda prompts, answers: score(model, prompts, answers)
 
 
 def _encode_split(tokenizer: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,8 @@ import torch
 
 from minigpt_lib import load_checkpoint, load_shakespeare, save_checkpoint
 from minigpt_lib.chatbot import CHATBOT, build_chatbot
-from minigpt_lib.checkpoint import CheckpointError
+from minigpt_lib.checkpoint import CheckpointError, finished
 from minigpt_lib.cli import main
-from minigpt_lib.manifest import finished
 from minigpt_lib.preferences import Preferences
 from minigpt_lib.reward import RewardModel
 

@@ -9,8 +9,8 @@ import torch
 import minigpt_lib.rl as rl
 from minigpt_lib import GPT, GPTConfig, load_checkpoint, load_shakespeare, save_checkpoint
 from minigpt_lib.chat import answer_ids, chat_tokenizer, message, render_prompt
+from minigpt_lib.checkpoint import finished
 from minigpt_lib.cli import main
-from minigpt_lib.manifest import finished
 from minigpt_lib.reward import RewardModel
 from minigpt_lib.stages import run_stage
 from minigpt_lib.tasks import TRAIN_WEIGHTS, ChatData, Example, split_of

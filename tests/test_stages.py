@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from minigpt_lib.checkpoint import CheckpointError, folder_lock
+from minigpt_lib.checkpoint import CheckpointError, finished, folder_lock
 from minigpt_lib.config import MAX_STEPS
-from minigpt_lib.manifest import finished, matches
+from minigpt_lib.manifest import matches
 from minigpt_lib.stages import claim, limits, out_problem
 
 
