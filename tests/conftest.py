@@ -73,3 +73,12 @@ def corpus(tmp_path, text):
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """For tiny models: one thread is faster, and far faster on a busy machine (`pytestmark` opts a file in)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

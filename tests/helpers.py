@@ -19,6 +19,12 @@ def train(corpus, out, *extra):
     return main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--quiet", *extra])
 
 
+def small_train_config(**overrides) -> TrainConfig:
+    """A short run for the tiny model: 40 steps of batch 4, evaluated every 10 steps, seed 7 (`overrides` change it)."""
+    values = dict(max_steps=40, batch_size=4, learning_rate=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=10)
+    return TrainConfig(**{**values, "eval_batches": 2, "seed": 7, **overrides})
+
+
 def small_trainer(tiny_config, tokenizer, ids, steps, **overrides):
     config = dict(max_steps=40, batch_size=4, warmup_steps=2, eval_interval=5, eval_batches=1, seed=3)
     config.update(overrides)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import manifest_of, model_file, rewrite_manifest, small_trainer, train
+from helpers import manifest_of, model_file, rewrite_manifest, small_train_config, small_trainer, train
 from safetensors.torch import save_model
 
 import minigpt_lib.checkpoint as checkpoint
@@ -13,7 +13,6 @@ from minigpt_lib import (
     GPT,
     CheckpointError,
     GPTConfig,
-    TrainConfig,
     Trainer,
     TrainingDivergedError,
     load_checkpoint,
@@ -22,21 +21,6 @@ from minigpt_lib import (
     save_trainer,
 )
 from minigpt_lib.cli import main
-
-
-def train_config(**overrides) -> TrainConfig:
-    values = dict(
-        max_steps=40,
-        batch_size=4,
-        learning_rate=3e-3,
-        min_lr=3e-4,
-        warmup_steps=5,
-        eval_interval=10,
-        eval_batches=2,
-        seed=7,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def test_save_then_load_gives_identical_logits(tmp_path, tiny_model, tokenizer, ids):
@@ -62,11 +46,11 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, tiny_config, t
         tiny_config = GPTConfig(**dict(tiny_config.to_dict(), position="rope"))
     options = dict(optimizer="muon") if recipe == "muon, rope" else {}
     torch.manual_seed(0)
-    straight = Trainer(GPT(tiny_config), train, val, train_config(**options), device="cpu", tokenizer=tokenizer)
+    straight = Trainer(GPT(tiny_config), train, val, small_train_config(**options), device="cpu", tokenizer=tokenizer)
     straight.train(progress_bar=False)
 
     torch.manual_seed(0)
-    first = Trainer(GPT(tiny_config), train, val, train_config(**options), device="cpu", tokenizer=tokenizer)
+    first = Trainer(GPT(tiny_config), train, val, small_train_config(**options), device="cpu", tokenizer=tokenizer)
     first.train(steps=17, progress_bar=False)
     save_trainer(first, tmp_path / "ckpt")
     torch.manual_seed(12345)  # the resumed run must not depend on the global RNG at resume time
@@ -84,10 +68,10 @@ def test_resume_with_dropout_continues_the_random_stream(tmp_path, tokenizer, id
 
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.2)
     torch.manual_seed(0)
-    straight = Trainer(GPT(config), ids, ids, train_config(max_steps=12), device="cpu", tokenizer=tokenizer)
+    straight = Trainer(GPT(config), ids, ids, small_train_config(max_steps=12), device="cpu", tokenizer=tokenizer)
     straight.train(progress_bar=False)
     torch.manual_seed(0)
-    first = Trainer(GPT(config), ids, ids, train_config(max_steps=12), device="cpu", tokenizer=tokenizer)
+    first = Trainer(GPT(config), ids, ids, small_train_config(max_steps=12), device="cpu", tokenizer=tokenizer)
     first.train(steps=5, progress_bar=False)
     save_trainer(first, tmp_path / "ckpt")
     resumed = resume_trainer(tmp_path / "ckpt", ids, ids, device="cpu")
@@ -127,7 +111,7 @@ def test_a_folder_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_checkpoints_hold_no_pickles(tmp_path, tiny_model, tokenizer, ids):
-    trainer = Trainer(tiny_model, ids, ids, train_config(max_steps=3), device="cpu", tokenizer=tokenizer)
+    trainer = Trainer(tiny_model, ids, ids, small_train_config(max_steps=3), device="cpu", tokenizer=tokenizer)
     trainer.train(progress_bar=False)
     path = save_trainer(trainer, tmp_path / "ckpt")
     names = ["checkpoint.json", "model-1.safetensors", "training-1.safetensors"]
@@ -165,7 +149,7 @@ def test_finished_run_finds_a_finished_run_of_the_same_model_and_tokenizer(tmp_p
     from minigpt_lib.checkpoint import finished_run
 
     torch.manual_seed(0)
-    trainer = Trainer(GPT(tiny_config), ids, ids, train_config(max_steps=6), tokenizer=tokenizer)
+    trainer = Trainer(GPT(tiny_config), ids, ids, small_train_config(max_steps=6), tokenizer=tokenizer)
     trainer.train(steps=3, progress_bar=False)
     folder = save_trainer(trainer, tmp_path / "run")
     assert finished_run(folder, tiny_config, tokenizer) is None  # half-way
@@ -180,7 +164,8 @@ def test_finished_run_finds_a_finished_run_of_the_same_model_and_tokenizer(tmp_p
 def test_a_run_whose_time_budget_is_used_up_is_finished(tmp_path, tiny_config, tokenizer, ids):
     from minigpt_lib.checkpoint import finished_run
 
-    trainer = Trainer(GPT(tiny_config), ids, ids, train_config(max_steps=10**9, time_budget=0.2), tokenizer=tokenizer)
+    config = small_train_config(max_steps=10**9, time_budget=0.2)
+    trainer = Trainer(GPT(tiny_config), ids, ids, config, tokenizer=tokenizer)
     trainer.train(progress_bar=False)
     assert finished_run(save_trainer(trainer, tmp_path / "run"), tiny_config, tokenizer) is not None
 

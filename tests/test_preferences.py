@@ -3,7 +3,6 @@
 import random
 
 import pytest
-import torch
 
 from minigpt_lib import load_shakespeare
 from minigpt_lib.chat import END, USER, Reply, answer_ids, chat_tokenizer, message, render_prompt, to_reply
@@ -26,13 +25,7 @@ from minigpt_lib.tasks import ChatData, Example, check
 TOKENIZER = chat_tokenizer()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The safety filter is tiny: one thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from helpers import small_train_config
 
 from minigpt_lib import (
     TrainConfig,
@@ -12,18 +13,7 @@ from minigpt_lib.train import evaluate, lr_at
 
 
 def small_config(**overrides) -> TrainConfig:
-    values = dict(
-        max_steps=30,
-        batch_size=4,
-        learning_rate=3e-3,
-        min_lr=3e-4,
-        warmup_steps=5,
-        eval_interval=10,
-        eval_batches=2,
-        seed=0,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return small_train_config(**{"max_steps": 30, "seed": 0, **overrides})
 
 
 def test_schedule_warms_up_linearly_then_decays_to_min_lr():
