@@ -32,6 +32,8 @@ from .folders import (
     FolderInUseError,
     check_folder,
     folder_lock,
+    fsync_file,
+    fsync_folder,
     is_checkpoint_file,
     named_files,
     other_files,
@@ -57,24 +59,6 @@ __all__ = [  # the folder rules and the manifest's checks are used through this 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_folder(path: Path) -> None:
-    """Make the renames in folder `path` durable (where the platform allows it)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_file(path: Path) -> bytes:
-    """Flush a written file to disk and return its bytes."""
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-        handle.seek(0)
-        return handle.read()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -183,17 +167,17 @@ def save_checkpoint(
                 manifest["optimizer_param_groups"] = groups
             manifest["sha256"] = {}
             for name in files.values():
-                manifest["sha256"][name] = _sha256(_fsync_file(path / (name + ".tmp")))
+                manifest["sha256"][name] = _sha256(fsync_file(path / (name + ".tmp")))
                 written.append(path / name)
                 os.replace(path / (name + ".tmp"), path / name)
             staged = path / (MANIFEST + ".tmp")
             written.append(staged)
             staged.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            _fsync_file(staged)
-            _fsync_folder(path)  # the tensor files are in place before the manifest names them
+            fsync_file(staged)
+            fsync_folder(path)  # the tensor files are in place before the manifest names them
             os.replace(staged, path / MANIFEST)  # the commit: from here on the new checkpoint is the one
             committed = True
-            _fsync_folder(path)
+            fsync_folder(path)
         finally:
             if not committed:
                 for file in written:

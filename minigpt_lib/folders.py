@@ -146,3 +146,21 @@ def remove_leftovers(path: Path, keep: set[str]) -> None:
     for entry in path.iterdir():
         if TEMPORARY.fullmatch(entry.name) or (VERSIONED.fullmatch(entry.name) and entry.name not in keep):
             remove_file(entry)
+
+
+def fsync_folder(path: Path) -> None:
+    """Make the renames in folder `path` durable (where the platform allows it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_file(path: Path) -> bytes:
+    """Flush a written file to disk and return its bytes."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+        handle.seek(0)
+        return handle.read()
