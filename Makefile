@@ -57,7 +57,8 @@ lint: $(STAMP)
 test: $(STAMP) lint vendor $(BROWSER_STAMP)
 	MINIGPT_FAST=1 $(BIN)/python -m pytest --durations=12 tests
 
-# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO -> RL, fixed steps (38.4 minutes on 2 CPU cores in the latest measured run, its RL stage shared with other jobs; about 23 on a quiet machine), then chat.
+# A mini ChatGPT from nothing: pretrain -> SFT -> reward model -> PPO -> RL, fixed steps, then chat. About 22 minutes on a
+# quiet 2-core CPU (7.3 + 3.9 + 1.4 + 2.9 + 6.7); 69 minutes while other training jobs shared the cores, and the same model.
 chatbot: $(STAMP)
 	$(BIN)/python -m minigpt_lib chatbot --out runs/chatbot
 	$(BIN)/python -m minigpt_lib chat --ckpt runs/chatbot/rl
