@@ -34,8 +34,6 @@ class DPOConfig(PolicyConfig):
     """How to run DPO: `batch_size` pairs per step, `beta` the strength of the pull towards the reference."""
 
     max_steps: int = 150
-    batch_size: int = 16
-    learning_rate: float = 1e-4
     beta: float = 0.1
     nll_coef: float = 0.0  # weight of the chosen answers' per-token negative log-likelihood, added to the loss
     max_new_tokens: int = 96

@@ -69,7 +69,6 @@ class PPOConfig(PolicyConfig):
     max_steps: int = 60
     anchor_batch: int = 32
     batch_size: int = 8
-    learning_rate: float = 1e-4
     group_size: int = 8
     epochs: int = 2
     clip: float = 0.2
