@@ -132,6 +132,7 @@ def named_files(manifest: dict[str, Any] | None) -> set[str]:
 
 
 def remove_file(path: Path) -> None:
+    """Delete the file (or link) at `path` if it is there; never a folder, and no error if it cannot."""
     with contextlib.suppress(OSError):
         if not path.is_dir() or path.is_symlink():
             path.unlink()
