@@ -29,7 +29,7 @@ from .preferences import PREFERENCES
 from .presets import get_preset
 from .rl import RL_TRAIN
 from .sft import SFT_DATA, SFT_TRAIN
-from .stages import run_stage
+from .stages import read_pairs, run_stage
 from .tasks import ChatData
 from .train import TrainConfig
 
@@ -58,11 +58,9 @@ CHATBOT = {
     ),
 }
 # Minutes each stage of the full setting took on a quiet 2-core CPU (2026-12-04: pretraining 7.3, SFT 3.9, reward
-# model 1.4, PPO 2.9; RL's 400 steps ran while two other jobs shared the cores, 22.7 minutes, so its 7 is estimated
-# from the 650 CPU-seconds that 400 steps of the recipe took in chapter 9's experiments),
-# and the seconds of one pretraining step that `seconds_per_step` measured there: the ETA scales the minutes by
-# this machine's measured speed.
-REFERENCE = dict(step_seconds=0.081, minutes=dict(pretrain=7.3, sft=3.9, reward=1.4, ppo=2.9, rl=7.0))
+# model 1.4, PPO 2.9, RL 6.7), and the seconds of one pretraining step that `seconds_per_step` measured there: the
+# ETA scales the minutes by this machine's measured speed.
+REFERENCE = dict(step_seconds=0.081, minutes=dict(pretrain=7.3, sft=3.9, reward=1.4, ppo=2.9, rl=6.7))
 STAGE_NAMES = {"pretrain": "pretrain", "sft": "SFT", "reward": "reward model", "ppo": "PPO", "rl": "RL"}
 TABLE = {"SFT": "sft", "PPO": "ppo", "RL": "rl"}  # the models compared on held-out prompts at the end
 
@@ -164,6 +162,11 @@ def _build(
     stages = plan(out, setting, time_budget)
     start = time.perf_counter()
     todo = [name for name, stage in stages.items() if not finished(stage["out"], name, stage["expect"])]
+    pairs, settings = stages["reward"]["options"]["pairs"], stages["reward"]["options"]["preferences"]
+    if "reward" in todo and (pairs.exists() or pairs.is_symlink()):  # checked now, not after pretraining and SFT
+        if not pairs.is_file():
+            raise ValueError(f"{pairs} is not a file: it is in the way of the pairs this build writes; move it")
+        read_pairs(pairs, chat_tokenizer().vocab_size, settings)
     if setting == "full" and todo:
         factor = seconds_per_step(CHATBOT[setting]["model"]) / REFERENCE["step_seconds"]
         minutes = sum(REFERENCE["minutes"][name] for name in todo) * factor

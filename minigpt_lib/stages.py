@@ -232,14 +232,19 @@ def _chat_model(path: Path, device: Any = None) -> tuple[GPT, Any]:
     return model, tokenizer
 
 
+def read_pairs(path: Path, vocab_size: int, settings: dict[str, Any] | None = None) -> Preferences:
+    """The pairs in file `path`, which must have been made with `settings` (if given); else a one-line ValueError."""
+    prefs = Preferences.load(path, vocab_size=vocab_size)
+    if settings and any(prefs.settings.get(k) != v for k, v in settings.items()):
+        raise ValueError(f"{path} holds pairs made with other settings than {settings}; move it or give another")
+    return prefs
+
+
 def _pairs(sft: GPT, tokenizer: Any, data: ChatData, inputs: dict, quiet: bool) -> Preferences:
     """The preference pairs: read from `pairs` if that file exists, else sampled and ranked (and saved there)."""
     path, settings = inputs.get("pairs"), inputs.get("preferences")
     if path is not None and path.is_file():
-        prefs = Preferences.load(path, vocab_size=tokenizer.vocab_size)
-        if settings and any(prefs.settings.get(k) != v for k, v in settings.items()):
-            raise ValueError(f"{path} holds pairs made with other settings than {settings}; move it or give another")
-        return prefs
+        return read_pairs(path, tokenizer.vocab_size, settings)
     if path is not None:
         if path.is_dir() or not path.parent.is_dir():
             raise ValueError(f"--pairs {path} must be a file in an existing folder")

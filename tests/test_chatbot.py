@@ -220,3 +220,18 @@ def test_a_time_budget_instead_of_steps_is_reported_when_a_stage_falls_short(tmp
     notes = [line for line in lines if line.startswith("note:")]
     assert notes and all("time budget" in note for note in notes)
     assert any(note.startswith("note: pretrain ended at step") for note in notes)
+
+
+@pytest.mark.parametrize("mine", ["file", "folder"])
+def test_a_users_pairs_json_in_out_stops_the_build_before_any_training_and_is_kept(tmp_path, mine):
+    out = tmp_path / "bot"
+    out.mkdir()
+    if mine == "file":
+        (out / "pairs.json").write_text('{"mine": 1}')
+    else:
+        (out / "pairs.json").mkdir()
+    with pytest.raises(ValueError, match="pairs"):
+        build_chatbot(out, load_shakespeare(), "fast", quiet=True, log=lambda _: None)
+    assert sorted(p.name for p in out.iterdir()) == ["pairs.json"]  # no stage started
+    if mine == "file":
+        assert (out / "pairs.json").read_text() == '{"mine": 1}'
